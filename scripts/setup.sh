@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with everything mkmsr needs (idempotent).
+# torch is pinned here, not in the package: 2.13.0 is the CPU build this project is tested on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test${MKMSR_EXTRAS:+,$MKMSR_EXTRAS}]"

@@ -1,0 +1,361 @@
+"""The ``mkmsr`` command line: each subcommand is a thin wrapper over a public function.
+
+Configuration has three layers, resolved here and only here: the dataclass defaults, an
+optional TOML file (``--config``, tables ``[train]`` and ``[model]``), then flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tomllib
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, MkmsrError
+
+log = logging.getLogger("mkmsr")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+def parse_duration(text: str) -> float:
+    """'3600', '30m', '1h', '90s' -> seconds."""
+    t = str(text).strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if t and t[-1] in mult:
+        return float(t[:-1]) * mult[t[-1]]
+    return float(t)
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _kv_pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for it in items or []:
+        k, sep, v = it.partition("=")
+        if not sep:
+            raise ConfigError(f"{flag} expects key=value, got {it!r}")
+        out[k.strip().replace("-", "_")] = _parse_value(v.strip())
+    return out
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Plain aligned text table; ``columns`` = [(key, header)]. Floats get 2 decimals."""
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.2f}"
+        return "" if v is None else str(v)
+    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
+    heads = [h for _, h in columns]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20"), ("mrr@5", "MRR@5"),
+                  ("mrr@10", "MRR@10"), ("mrr@20", "MRR@20"), ("ndcg@20", "NDCG@20"), ("samples", "samples")]
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands
+# --------------------------------------------------------------------------------------------
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from .prepare import PrepareConfig, prepare
+    from .sources import ColumnMap, read_generic, read_jdata_demo
+
+    cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
+                        min_item_count=a.min_item_count, valid_fraction=a.valid_fraction,
+                        test_fraction=a.test_fraction)
+    cfg.validate()
+    if a.format == "jdata-demo":
+        if not a.source:
+            raise ConfigError("--format jdata-demo needs --source DIR")
+        raw = read_jdata_demo(a.source, a.cold_start)
+    elif a.format in ("csv", "parquet"):
+        if not a.events:
+            raise ConfigError(f"--format {a.format} needs --events FILE")
+        cols = ColumnMap(item=a.item_col, op=a.op_col or None, time=a.time_col or None,
+                         session=a.session_col, user=a.user_col, time_format=a.time_format)
+        relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
+        raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
+                           relations, a.valid_events, a.test_events, parse_duration(a.session_gap),
+                           a.format, a.separator)
+    else:
+        from . import raw_formats  # noqa: F401  (registered by the raw-data loaders)
+        raw = raw_formats.read(a.format, a)
+    out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
+    from .fsutil import read_json
+
+    m = read_json(Path(out) / "manifest.json")
+    rows = [{"split": s, **v} for s, v in m["splits"].items()]
+    print(format_table(rows, [("split", "split"), ("sessions", "sessions"), ("events", "events"),
+                              ("samples", "samples"), ("mean_session_length", "mean len"), ("items", "items"),
+                              ("cold_target_samples", "cold targets"), ("repeat_target_share", "repeat share")]))
+    c = m["counts"]
+    print(f"\n{c['items']} items ({c['cold_items_in_catalogue']} cold), {c['operations']} operations, "
+          f"{c['relations']} relations, {c['triplets']} triplets -> {out}  (sha256 {m['content_sha256'][:12]})")
+    return 0
+
+
+def _train_config(a: argparse.Namespace, toml_train: dict) -> "TrainConfig":
+    from .train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(toml_train) - names)
+    if bad:
+        raise ConfigError(f"unknown [train] option {bad[0]!r} in --config; options: {', '.join(sorted(names))}")
+    merged = dict(toml_train)
+    for name in names:
+        v = getattr(a, name, None)
+        if v is not None:
+            merged[name] = v
+    if getattr(a, "no_progress", False):
+        pass
+    cfg = TrainConfig(**merged)
+    cfg.validate()
+    return cfg
+
+
+def _load_toml(path: str | None) -> dict:
+    if not path:
+        return {}
+    with open(path, "rb") as fh:
+        try:
+            return tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+
+    toml = _load_toml(a.config)
+    cfg = _train_config(a, toml.get("train", {}))
+    model_over = {**toml.get("model", {}), **_kv_pairs(a.model_opt, "--model-opt")}
+    model = a.model or toml.get("model_name", "mkmsr")
+    m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
+              progress=not a.no_progress)
+    rows = [{"what": "valid (selected epoch)", **m["valid"]}, {"what": "test (selected epoch)", **m["test"]},
+            {"what": "test best-over-epochs*", **{k: v for k, v in m["test_best_over_epochs"].items() if "@" in k}}]
+    print(format_table(rows, [("what", "")] + METRIC_COLUMNS[:-1]))
+    print(f"\nbest epoch {m['best_epoch']} of {m['epochs_run']}; cold-target test samples: {m['test']['cold_samples']}"
+          f" (Hit@20 {m['test']['cold_hit@20']:.2f}); {m['train_samples_per_s']} train samples/s")
+    print("* optimistic: best test value per metric over epochs (paper-style), not for model selection")
+    print(f"metrics: {Path(a.out) / 'metrics.json'}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .dataset import PreparedData
+    from .errors import DataError
+    from .evaluate import evaluate
+    from .fsutil import write_json
+    from .train import resolve_device
+
+    device = resolve_device(a.device)
+    model, meta = load_checkpoint(a.run, device)
+    data = PreparedData(a.data)
+    if data.spec.to_dict() != meta["spec"] or meta["dataset"]["content_sha256"] != data.content_hash:
+        # a different artifact is fine only when its id maps match the checkpoint's
+        import polars as pl
+        ck_items = pl.read_parquet(Path(meta["path"]) / "items.parquet")
+        if data.spec.to_dict() != meta["spec"] or not data.items["item_id"].equals(ck_items["item_id"]):
+            raise DataError("this prepared dataset's id maps differ from the checkpoint's "
+                            f"(trained on {meta['dataset']['path']}); evaluate on the artifact it was trained on",
+                            file=str(a.data))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    max_len = (meta.get("train_config") or {}).get("max_len")
+    res = {s: evaluate(model, data, s, a.batch_size, max_len, device) for s in a.split}
+    rows = [{"what": s, **r} for s, r in res.items()] + \
+           [{"what": f"{s} (cold targets)", **{k[5:]: v for k, v in r.items() if k.startswith("cold_")}}
+            for s, r in res.items()]
+    print(format_table(rows, [("what", "")] + METRIC_COLUMNS))
+    out = Path(a.json) if a.json else Path(meta["path"]).parent / "evaluation.json"
+    write_json(out, {"checkpoint": meta["path"], "dataset": str(data.path), "results": res})
+    print(f"\nwritten {out}")
+    return 0
+
+
+def cmd_recommend(a: argparse.Namespace) -> int:
+    from .recommend import Recommender, parse_session
+
+    rec = Recommender.load(a.run)
+    if a.session:
+        sessions = [parse_session(a.session)]
+    elif a.input:
+        sessions = [parse_session(line) for line in Path(a.input).read_text().splitlines() if line.strip()]
+    else:
+        raise ConfigError("give --session item:op,item:op,... or --input FILE (one such session per line)")
+    results = rec.recommend_batch(sessions, k=a.k)
+    for r in results:
+        print(json.dumps(r.to_dict()))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=a.out, models=a.models.split(","), epochs=a.epochs, seed=a.seed, progress=not a.no_progress,
+             threads=a.threads)
+    return 0
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from .synthetic import SyntheticConfig, write_synthetic
+
+    cfg = SyntheticConfig(n_sessions=a.sessions, n_items=a.items, n_cold_items=a.cold_items, seed=a.seed)
+    out = write_synthetic(a.out, cfg)
+    print(f"wrote {out}/events.csv and {out}/knowledge.csv")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (defaults: paper §4.1.4; see mkmsr.train.TrainConfig)")
+    g.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
+    g.add_argument("--batch-size", dest="batch_size", type=int, help="samples per SR step (default 128)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--weight-decay", "--lambda2", dest="weight_decay", type=float, help="lambda_2, L2 penalty (default 1e-5)")
+    g.add_argument("--kg-weight", "--lambda1", dest="kg_weight", type=float, help="lambda_1, weight of L_K (default 1e-4)")
+    g.add_argument("--strategy", choices=["alternate", "joint", "pretrain"], help="knowledge-task strategy (default alternate)")
+    g.add_argument("--alternate-every", dest="alternate_every", type=int, help="SR steps between KG steps (default 1)")
+    g.add_argument("--kg-batch-size", dest="kg_batch_size", type=int, help="triplets per KG step (default: one pass per epoch)")
+    g.add_argument("--kg-optimizer", dest="kg_optimizer", choices=["sparse", "shared", "separate"],
+                   help="optimiser of KG steps: sparse = own row-wise Adam (default); shared = the SR Adam; separate = own dense Adam")
+    g.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int, help="TransH passes for --strategy pretrain")
+    g.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
+    g.add_argument("--select-metric", dest="select_metric", help="validation metric selecting the epoch (default mrr@20)")
+    g.add_argument("--max-len", dest="max_len", type=int, help="keep only the latest N micro-behaviours of a prefix")
+    g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int)
+    g.add_argument("--lr-decay-step", dest="lr_decay_step", type=int, help="decay lr every N epochs (0 = never)")
+    g.add_argument("--lr-decay", dest="lr_decay", type=float)
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mkmsr", description="MKM-SR session-based recommendation: prepare data, "
+                                "train, evaluate, recommend.")
+    p.add_argument("--version", action="version", version=f"mkmsr {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare", help="raw logs + item knowledge -> a prepared dataset directory")
+    s.add_argument("--format", required=True, help="jdata-demo | csv | parquet (| raw formats, see docs)")
+    s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo and raw formats)")
+    s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
+    s.add_argument("--knowledge", help="knowledge file: item, relation, value per row")
+    s.add_argument("--valid-events", help="validation events (default: latest --valid-fraction of training sessions)")
+    s.add_argument("--test-events", help="test events (default: latest --test-fraction of sessions)")
+    s.add_argument("--item-col", default="item_id", help="events column with the item id (default item_id)")
+    s.add_argument("--op-col", default="operation", help="events column with the operation ('' = none)")
+    s.add_argument("--time-col", default="timestamp", help="events column with the time ('' = row order)")
+    s.add_argument("--session-col", help="events column with the session key")
+    s.add_argument("--user-col", help="events column with the user id (sessions cut by --session-gap)")
+    s.add_argument("--time-format", help="strftime format of the time column (default: seconds or auto)")
+    s.add_argument("--session-gap", default="1h", help="inactivity that starts a new session (default 1h)")
+    s.add_argument("--kg-item-col", default="item_id")
+    s.add_argument("--kg-relation-col", default="relation")
+    s.add_argument("--kg-value-col", default="value")
+    s.add_argument("--relations", help="comma-separated allowed relations (others are an error)")
+    s.add_argument("--separator", default=",", help="CSV field separator (default ,)")
+    s.add_argument("--cold-start", choices=["drop", "keep"], default="drop",
+                   help="test items unseen in training: drop them, or keep those with knowledge (default drop)")
+    s.add_argument("--min-session-length", type=int, default=2)
+    s.add_argument("--min-item-count", type=int, default=1)
+    s.add_argument("--valid-fraction", type=float, default=0.1)
+    s.add_argument("--test-fraction", type=float, default=0.1)
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model on a prepared dataset, select the epoch on validation")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--model", help="model name (default mkmsr); see `mkmsr models`")
+    s.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, metrics.json)")
+    s.add_argument("--config", help="TOML file with [train] and [model] tables")
+    s.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="model option, e.g. gnn_mode=concat")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    s.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_train_flags(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a checkpoint on a prepared dataset (full ranking)")
+    s.add_argument("--run", required=True, help="run directory or checkpoint directory")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--json", help="write results here (default RUN/evaluation.json)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("recommend", help="top-k next items for a session of item:operation pairs")
+    s.add_argument("--run", required=True, help="run directory or checkpoint directory")
+    s.add_argument("--session", help="e.g. 123:1,456:2 (item id, colon, operation)")
+    s.add_argument("--input", help="file with one session per line in the --session syntax")
+    s.add_argument("-k", type=int, default=20)
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("demo", help="synthetic data -> prepare -> train MKM-SR and variants -> results table")
+    s.add_argument("--out", help="working directory (default: a temporary one)")
+    s.add_argument("--models", default="mkmsr,m-sr,km-sr")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("synth", help="write a synthetic events.csv + knowledge.csv")
+    s.add_argument("--out", required=True)
+    s.add_argument("--sessions", type=int, default=4000)
+    s.add_argument("--items", type=int, default=1500)
+    s.add_argument("--cold-items", type=int, default=150)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("models", help="list the registered models")
+    s.set_defaults(func=lambda a: (print("\n".join(__import__("mkmsr.models", fromlist=["x"]).model_names())), 0)[1])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    level = logging.WARNING if a.quiet else (logging.DEBUG if a.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    try:
+        return int(a.func(a) or 0)
+    except (MkmsrError, FileExistsError, FileNotFoundError) as exc:
+        print(f"mkmsr {a.command}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,95 @@
+"""The narrow model contract the training loop, the evaluator and the server rely on.
+
+Every model answers:
+
+* ``score(batch) -> (B, n_items + 1)``: a score for every item_idx; column 0 (padding) is -inf.
+* ``sr_loss(batch) -> scalar``: the session-recommendation loss L_S of a batch with targets.
+* ``kg_loss(triplets, weights=None) -> scalar`` when ``uses_knowledge``: the summed TransH
+  loss L_K of (head, relation, tail) entity triplets.
+* ``fit_statistics(data)``: called once before training with the prepared data (count-based
+  models build their statistics here; neural models may ignore it).
+
+The loop knows no model by name; models are built from the registry in
+:mod:`mkmsr.models`.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..batching import Batch
+from ..dataset import DatasetSpec
+
+
+class SessionModel(nn.Module):
+    """Base class. Subclasses set ``Config`` (a dataclass) and implement ``encode`` or ``score``."""
+
+    Config: ClassVar[type]
+    #: False for count-based models: they are fitted by ``fit_statistics`` alone, no SGD.
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: Any, spec: DatasetSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    @property
+    def uses_knowledge(self) -> bool:
+        return False
+
+    # ---- to implement ----------------------------------------------------------------------
+    def encode(self, batch: Batch) -> torch.Tensor:
+        """(B, d) session representations."""
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items + 1, d) candidate item vectors, row = item_idx (row 0 = padding)."""
+        raise NotImplementedError
+
+    # ---- provided --------------------------------------------------------------------------
+    def check_batch(self, batch: Batch) -> None:
+        """Raise ValueError with a clear message on indices a model cannot take."""
+        if batch.items.dim() != 2 or batch.items.shape != batch.ops.shape:
+            raise ValueError(f"batch items/ops must both be (B, L); got {tuple(batch.items.shape)} "
+                             f"and {tuple(batch.ops.shape)}")
+        if batch.items.shape[0] == 0:
+            raise ValueError("empty batch: give at least one session")
+        if int(batch.lengths.min()) < 1:
+            raise ValueError("every session needs at least one micro-behaviour (length >= 1)")
+        if int(batch.lengths.max()) > batch.items.shape[1]:
+            raise ValueError("a session length exceeds the padded width of the batch")
+        lo, hi = int(batch.items.min()), int(batch.items.max())
+        if lo < 0 or hi > self.spec.n_items:
+            raise ValueError(f"item index out of range [0, {self.spec.n_items}]: got {lo}..{hi} "
+                             "(translate external item ids with the dataset's id map first)")
+        lo, hi = int(batch.ops.min()), int(batch.ops.max())
+        if lo < 0 or hi >= self.spec.n_ops:
+            raise ValueError(f"operation index out of range [0, {self.spec.n_ops - 1}]: got {lo}..{hi}")
+        if batch.targets is not None and batch.targets.numel():
+            lo, hi = int(batch.targets.min()), int(batch.targets.max())
+            if lo < 1 or hi > self.spec.n_items:
+                raise ValueError(f"target index out of range [1, {self.spec.n_items}]: got {lo}..{hi}")
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """(B, n_items) scores of item_idx 1..n_items (column j is item j + 1)."""
+        s = self.encode(batch)
+        return s @ self.item_embeddings()[1:].T
+
+    def score(self, batch: Batch) -> torch.Tensor:
+        self.check_batch(batch)
+        lg = self.logits(batch)
+        pad = torch.full((lg.shape[0], 1), float("-inf"), dtype=lg.dtype, device=lg.device)
+        return torch.cat([pad, lg], dim=1)
+
+    def sr_loss(self, batch: Batch) -> torch.Tensor:
+        """Softmax cross-entropy over the full catalogue, averaged over the batch."""
+        return F.cross_entropy(self.logits(batch), batch.targets - 1)
+
+    def kg_loss(self, triplets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no knowledge task")
+
+    def fit_statistics(self, data: Any) -> None:
+        """Hook called once with the PreparedData before training; default: nothing."""

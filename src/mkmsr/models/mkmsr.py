@@ -1,0 +1,150 @@
+"""MKM-SR (Meng, Yang, Xiao; SIGIR 2020) and its ablations KM-SR and M-SR.
+
+Session encoder (paper §3.3):
+
+* items: the session graph (§3.3.2) through a GGNN (Eq. 1), H steps -> I~ (B, L, d) (Eq. 2);
+* operations: a GRU over operation embeddings with h_0 = the first operation's embedding
+  (Eq. 3) -> O~ (B, L, d) (Eq. 4);
+* micro-behaviours m_t = i_t (+) o_t (Eq. 5), soft attention (Eq. 6-7) and
+  s = W3 [m_L; s_g] (Eq. 8).
+
+Scoring. The paper writes y = softmax(MLP(s (+) i_j)). With a linear MLP, w^T[s; i_j] =
+w_s^T s + w_i^T i_j and the session term is the same for every candidate j, so it cancels
+under the softmax: the "recommendation" would ignore the session. We therefore score with
+the dot product s^T i_j over all items, as the authors' code (and SR-GNN) does.
+
+Knowledge (§3.4): items and attribute values share one entity table; TransH (Eq. 11-12) with
+its own relation tables. ``kg_loss="squared"`` is the paper's plain sum of squared distances
+(no negatives: it can pull embeddings together, which the training log watches through the
+mean item-embedding norm); ``kg_loss="margin"`` is TransH's original margin loss with
+corrupted tails drawn from the same relation's values.
+
+Variants: KM-SR = ``use_operations=False`` (m_t = i_t); M-SR = ``use_knowledge=False``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..batching import Batch
+from ..dataset import DatasetSpec
+from .base import SessionModel
+from .layers import GGNN, SoftAttention, TransH, session_graph
+
+
+@dataclass
+class MKMSRConfig:
+    dim: int = 100                 # d, the embedding size (paper: 100)
+    gnn_steps: int = 1             # H (paper: 1)
+    gnn_mode: str = "sum"          # sum = paper Eq. 1 | concat = SR-GNN / authors' code
+    edge_weight: str = "count"     # count = paper §3.3.2 | binary = original SR-GNN
+    use_operations: bool = True    # False gives KM-SR
+    use_knowledge: bool = True     # False gives M-SR
+    op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
+    kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
+    kg_margin: float = 1.0         # margin gamma of the margin loss
+    init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
+
+
+class MKMSR(SessionModel):
+    Config = MKMSRConfig
+
+    def __init__(self, config: MKMSRConfig, spec: DatasetSpec):
+        super().__init__(config, spec)
+        d = config.dim
+        if config.op_h0 not in ("first", "zeros"):
+            raise ValueError(f"op_h0 must be 'first' or 'zeros', got {config.op_h0!r}")
+        if config.kg_loss not in ("squared", "margin"):
+            raise ValueError(f"kg_loss must be 'squared' or 'margin', got {config.kg_loss!r}")
+        # One entity index space (items 1..n_items, then attribute values), stored as two blocks:
+        # the SR loss touches only items, so its gradient never has to be padded out to (and
+        # added into) a table that also holds the attribute values. ``entity_table()`` joins them.
+        self.item_embedding = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        self.attr_embedding = nn.Embedding(max(spec.n_entities - spec.n_items - 1, 1), d)
+        self.ggnn = GGNN(d, config.gnn_steps, config.gnn_mode)
+        m = d
+        if config.use_operations:
+            self.op_embedding = nn.Embedding(spec.n_ops, d, padding_idx=0)
+            self.op_gru = nn.GRU(d, d, batch_first=True)
+            m = 2 * d
+        self.attention = SoftAttention(m)
+        self.W3 = nn.Linear(2 * m, d, bias=False)
+        if config.use_knowledge:
+            self.transh = TransH(spec.n_relations, d, config.init_std)
+        self._init(config.init_std)
+
+    def _init(self, std: float) -> None:
+        # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
+        bound = 1.0 / self.config.dim ** 0.5
+        for name, p in self.named_parameters():
+            if name.startswith(("item_embedding.", "attr_embedding.", "op_embedding.", "transh.")):
+                nn.init.normal_(p, 0.0, std)
+            else:
+                nn.init.uniform_(p, -bound, bound)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+            if self.config.use_operations:
+                self.op_embedding.weight[0].zero_()
+
+    @property
+    def uses_knowledge(self) -> bool:
+        return self.config.use_knowledge and self.spec.n_relations > 0
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_embedding.weight
+
+    def entity_table(self) -> torch.Tensor:
+        """(n_entities, d): the shared entity embedding table (row = entity_idx)."""
+        return torch.cat([self.item_embedding.weight, self.attr_embedding.weight[: self.spec.n_entities - self.spec.n_items - 1]])
+
+    def micro_behaviours(self, batch: Batch) -> torch.Tensor:
+        """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR."""
+        g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
+        h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))      # (B, N, d)
+        I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
+        if not self.config.use_operations:
+            return I
+        o0 = self.op_embedding(batch.ops)                                 # (B, L, d)
+        h0 = o0[:, 0] if self.config.op_h0 == "first" else torch.zeros_like(o0[:, 0])
+        O, _ = self.op_gru(o0, h0[None].contiguous())                     # (B, L, d)
+        return torch.cat([I, O], dim=-1)
+
+    def encode(self, batch: Batch) -> torch.Tensor:
+        M = self.micro_behaviours(batch)
+        B = M.shape[0]
+        last = M[torch.arange(B, device=M.device), batch.lengths - 1]     # m_L (B, m)
+        s_g, _ = self.attention(M, last, batch.mask)
+        return self.W3(torch.cat([last, s_g], dim=-1))                    # (B, d)
+
+    def triplet_scores(self, triplets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+        """(n, 3) int64 (head, relation, tail) -> (n,) TransH distances f(h, r, t).
+
+        ``sparse=True`` makes the gradients of the embedding tables sparse (only the rows the
+        triplets touch), for a row-wise optimiser step.
+        """
+        h, r, t = triplets.unbind(dim=1)
+        # heads are items and tails attribute values (the artifact's layout, see mkmsr.prepare)
+        he = F.embedding(h, self.item_embedding.weight, sparse=sparse)
+        te = F.embedding(t - (self.spec.n_items + 1), self.attr_embedding.weight, sparse=sparse)
+        return self.transh.score(he, r, te, sparse)
+
+    def kg_loss(self, triplets: torch.Tensor, weights: torch.Tensor | None = None,
+                corrupt_tails: torch.Tensor | None = None, sparse: bool = False) -> torch.Tensor:
+        """Eq. 12 summed over ``triplets`` (optionally weighted per triplet).
+
+        With ``kg_loss="margin"`` ``corrupt_tails`` (n,) gives a wrong tail per triplet and the
+        loss is sum max(0, f(pos) + gamma - f(neg)).
+        """
+        f = self.triplet_scores(triplets, sparse)
+        if self.config.kg_loss == "margin":
+            if corrupt_tails is None:
+                raise ValueError("the margin loss needs corrupt_tails")
+            neg = triplets.clone()
+            neg[:, 2] = corrupt_tails
+            f = torch.relu(f + self.config.kg_margin - self.triplet_scores(neg, sparse))
+        if weights is not None:
+            f = f * weights
+        return f.sum()

@@ -1,0 +1,143 @@
+"""The training loop: alternating multi-task steps, strategies, determinism, resume, outputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mkmsr.batching import Batch
+from mkmsr.dataset import PreparedData
+from mkmsr.errors import ConfigError
+from mkmsr.train import KnowledgeSampler, TrainConfig, Trainer
+
+FAST = dict(batch_size=64, patience=10, seed=3)
+
+
+def fit(data, model="mkmsr", out=None, **kw):
+    tr = Trainer(PreparedData(data), model, {"dim": 16}, TrainConfig(**{**FAST, **kw}), out, progress=False)
+    return tr, tr.fit()
+
+
+def test_alternating_training_updates_shared_item_embeddings_from_both_tasks(synthetic_data, monkeypatch):
+    """Every SR step and every KG step changes the shared item embedding table."""
+    data = PreparedData(synthetic_data)
+    tr = Trainer(data, "mkmsr", {"dim": 16}, TrainConfig(epochs=1, **FAST), None, progress=False)
+    changes = {"sr": [], "kg": []}
+    model_holder = {}
+    orig_build = tr._build
+
+    def build():
+        m = orig_build()
+        model_holder["m"] = m
+        sr, kg = m.sr_loss, m.kg_loss
+
+        def sr_loss(batch):
+            changes["sr"].append(m.item_embedding.weight.detach().clone())
+            return sr(batch)
+
+        def kg_loss(trip, *a, **k):
+            changes["kg"].append((m.item_embedding.weight.detach().clone(), trip[:, 0].clone()))
+            return kg(trip, *a, **k)
+        m.sr_loss, m.kg_loss = sr_loss, kg_loss
+        return m
+    tr._build = build
+    tr.fit()
+    m = model_holder["m"]
+    assert len(changes["kg"]) == len(changes["sr"]) > 3  # one KG step after every SR step
+    # table before SR step j+1 vs before KG step j: differs only because of KG step j
+    for j in range(3):
+        before_kg, heads = changes["kg"][j]
+        after_kg = changes["sr"][j + 1]
+        moved = (after_kg - before_kg).abs().sum(1) > 0
+        assert moved[heads].all(), "KG step must move the items of its triplets"
+        assert not moved[~torch.isin(torch.arange(moved.numel()), heads)].any(), "sparse KG step moves only its items"
+        before_sr = changes["sr"][j]
+        assert ((before_kg - before_sr).abs().sum(1) > 0).sum() > 0, "SR step must move item embeddings"
+
+
+def test_variants_knowledge_and_operations_switches(synthetic_data):
+    d = PreparedData(synthetic_data)
+    from mkmsr.models import build_model
+    assert build_model("mkmsr", d.spec).uses_knowledge
+    assert not build_model("m-sr", d.spec).uses_knowledge
+    assert not hasattr(build_model("km-sr", d.spec), "op_gru")
+
+
+def test_deterministic_for_a_seed(synthetic_data):
+    a = fit(synthetic_data, epochs=2)[1]
+    b = fit(synthetic_data, epochs=2)[1]
+    assert a["valid"] == b["valid"] and a["test"] == b["test"]
+
+
+def test_resume_gives_the_uninterrupted_result(synthetic_data, tmp_path):
+    full = fit(synthetic_data, out=tmp_path / "full", epochs=3)[1]
+    fit(synthetic_data, out=tmp_path / "part", epochs=1)
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(synthetic_data, out=tmp_path / "part", epochs=3)
+    tr = Trainer(PreparedData(synthetic_data), "mkmsr", {"dim": 16}, TrainConfig(epochs=3, **FAST),
+                 tmp_path / "part", progress=False)
+    resumed = tr.fit(resume=True)
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    assert len((tmp_path / "part" / "log.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(ConfigError, match="different model"):
+        Trainer(PreparedData(synthetic_data), "m-sr", {"dim": 16}, TrainConfig(epochs=3, **FAST),
+                tmp_path / "part", progress=False).fit(resume=True)
+
+
+def test_run_outputs(synthetic_data, tmp_path):
+    tr, m = fit(synthetic_data, out=tmp_path / "run", epochs=3)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["test"]["hit@20"] == m["test"]["hit@20"]
+    for key in ("test", "valid", "best_epoch", "test_best_over_epochs"):
+        assert key in on_disk
+    for k in (5, 10, 20):
+        for metric in ("hit", "mrr", "ndcg"):
+            assert 0 <= on_disk["test"][f"{metric}@{k}"] <= 100
+    opt = on_disk["test_best_over_epochs"]
+    assert "optimistic" in opt["protocol"]
+    assert opt["mrr@20"] >= on_disk["test"]["mrr@20"] - 1e-9
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all(r["kg_loss"] is not None for r in log)
+    best = max(log, key=lambda r: r["valid"]["mrr@20"])
+    assert on_disk["best_epoch"] == best["epoch"]
+    assert on_disk["test"]["mrr@20"] == pytest.approx(best["test"]["mrr@20"])
+    assert (tmp_path / "run" / "best" / "model.pt").exists()
+    assert on_disk["test"]["cold_samples"] > 0  # the synthetic test period has cold items
+
+
+@pytest.mark.parametrize("strategy", ["joint", "pretrain"])
+def test_other_strategies_train(synthetic_data, strategy):
+    tr, m = fit(synthetic_data, epochs=2, strategy=strategy, pretrain_epochs=2)
+    assert m["valid"]["hit@20"] > 0
+    if strategy == "joint":
+        assert tr.history[0]["kg_loss"] is not None
+
+
+@pytest.mark.parametrize("kg_optimizer", ["shared", "separate"])
+def test_dense_kg_optimizers(synthetic_data, kg_optimizer):
+    assert fit(synthetic_data, epochs=1, kg_optimizer=kg_optimizer)[1]["valid"]["hit@20"] > 0
+
+
+def test_margin_loss_option(synthetic_data):
+    tr = Trainer(PreparedData(synthetic_data), "mkmsr", {"dim": 16, "kg_loss": "margin"},
+                 TrainConfig(epochs=1, **FAST), None, progress=False)
+    assert tr.fit()["valid"]["hit@20"] > 0
+
+
+def test_joint_triplets_follow_eq16(synthetic_data):
+    d = PreparedData(synthetic_data)
+    ks = KnowledgeSampler(d)
+    # item 1 in both sessions (twice in the first: counted once per session), item 2 in one
+    b = Batch(torch.tensor([[1, 1, 2], [1, 0, 0]]), torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 1]))
+    trip, w = ks.batch_triplets(b)
+    per_item = {int(i): (d.kg[:, 0] == i).sum() for i in (1, 2)}
+    assert trip.shape[0] == per_item[1] + per_item[2]
+    assert set(np.unique(trip[:, 0])) == {1, 2}
+    assert (w[trip[:, 0] == 1] == 2).all() and (w[trip[:, 0] == 2] == 1).all()
+
+
+def test_bad_train_config():
+    with pytest.raises(ConfigError, match="strategy"):
+        TrainConfig(strategy="sometimes").validate()
+    with pytest.raises(ConfigError, match="select_metric"):
+        TrainConfig(select_metric="auc").validate()
