@@ -18,6 +18,8 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr": (MKMSR, {}),
     "m-sr": (MKMSR, {"use_knowledge": False}),
     "km-sr": (MKMSR, {"use_operations": False}),
+    "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
+                       "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
 }
 
 

@@ -20,6 +20,8 @@ mean item-embedding norm); ``kg_loss="margin"`` is TransH's original margin loss
 corrupted tails drawn from the same relation's values.
 
 Variants: KM-SR = ``use_operations=False`` (m_t = i_t); M-SR = ``use_knowledge=False``.
+SR-GNN (Wu et al., AAAI 2019) is exactly the item-only, knowledge-free encoder with its own GGNN
+cell (``gnn_mode="concat"``), binary edges, a biased final map and uniform initialisation.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class MKMSRConfig:
     kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
     kg_margin: float = 1.0         # margin gamma of the margin loss
     init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
+    init: str = "paper"            # paper: embeddings N(0, init_std) | srgnn: all U(-1/sqrt(d), 1/sqrt(d))
+    w3_bias: bool = False          # Eq. 8 has no bias; SR-GNN's final linear map has one
 
 
 class MKMSR(SessionModel):
@@ -57,6 +61,8 @@ class MKMSR(SessionModel):
         d = config.dim
         if config.op_h0 not in ("first", "zeros"):
             raise ValueError(f"op_h0 must be 'first' or 'zeros', got {config.op_h0!r}")
+        if config.init not in ("paper", "srgnn"):
+            raise ValueError(f"init must be 'paper' or 'srgnn', got {config.init!r}")
         if config.kg_loss not in ("squared", "margin"):
             raise ValueError(f"kg_loss must be 'squared' or 'margin', got {config.kg_loss!r}")
         # One entity index space (items 1..n_items, then attribute values), stored as two blocks:
@@ -71,7 +77,7 @@ class MKMSR(SessionModel):
             self.op_gru = nn.GRU(d, d, batch_first=True)
             m = 2 * d
         self.attention = SoftAttention(m)
-        self.W3 = nn.Linear(2 * m, d, bias=False)
+        self.W3 = nn.Linear(2 * m, d, bias=config.w3_bias)
         if config.use_knowledge:
             self.transh = TransH(spec.n_relations, d, config.init_std)
         self._init(config.init_std)
@@ -80,7 +86,8 @@ class MKMSR(SessionModel):
         # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
         bound = 1.0 / self.config.dim ** 0.5
         for name, p in self.named_parameters():
-            if name.startswith(("item_embedding.", "attr_embedding.", "op_embedding.", "transh.")):
+            if self.config.init == "paper" and name.startswith(
+                    ("item_embedding.", "attr_embedding.", "op_embedding.", "transh.")):
                 nn.init.normal_(p, 0.0, std)
             else:
                 nn.init.uniform_(p, -bound, bound)
