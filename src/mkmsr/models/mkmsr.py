@@ -48,6 +48,8 @@ class MKMSRConfig:
     op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
     kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
     kg_margin: float = 1.0         # margin gamma of the margin loss
+    kg_passes: float = 1.0         # passes over all triplets per epoch in alternating training (sets the
+                                   # KG batch size unless the training config gives one)
     init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
     init: str = "paper"            # paper: embeddings N(0, init_std) | srgnn: all U(-1/sqrt(d), 1/sqrt(d))
     w3_bias: bool = False          # Eq. 8 has no bias; SR-GNN's final linear map has one
