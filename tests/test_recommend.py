@@ -54,12 +54,37 @@ def random_sessions(catalogue, n, seed=0):
             for L in rng.integers(1, 12, n)]
 
 
-def test_topk_equals_brute_force_ranking(rec, catalogue):
+@pytest.mark.parametrize("scan", ["bfloat16", "float32"])
+def test_topk_equals_brute_force_ranking(ckpt, catalogue, scan):
+    rec = Recommender.load(ckpt, scan=scan)
+    assert rec.scan == scan and rec.item_matrix.is_contiguous()
     for events in random_sessions(catalogue, 12, seed=1):
         for k in (1, 7, 20):
             got = rec.recommend(events, k=k)
             assert got.fallback is None and not got.ignored_items
             assert_same_ranking(got.items, brute_force(rec, *zip(*events)), k)
+
+
+def test_bfloat16_scan_is_exact_on_near_ties(ckpt, catalogue, tmp_path):
+    """Items that differ by less than bfloat16 resolves: the scan must still give the float32
+    ranking (the rescoring decides), and it must take the scan path, not fall back."""
+    near = tmp_path / "near"
+    shutil.copytree(ckpt, near)
+    state = torch.load(near / "model.pt", weights_only=True)
+    w = state["item_embedding.weight"]
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(w.shape[1], generator=g)
+    w[1:] = base + 1e-4 * torch.randn(w.shape[0] - 1, w.shape[1], generator=g)  # all within bf16 rounding
+    torch.save(state, near / "model.pt")
+    rec = Recommender.load(near)
+    assert rec.scan == "bfloat16"
+    for events in random_sessions(catalogue, 6, seed=4):
+        with torch.inference_mode():
+            idx = [rec.item_index[i] for i, _ in events]
+            op = [rec.op_index[o] for _, o in events]
+            s = rec.model.encode(batch_from_sequences([idx], [op]))[0]
+            assert rec._scan_top(s, 10, []) is not None
+        assert_same_ranking(rec.recommend(events, k=10).items, brute_force(rec, *zip(*events)), 10)
 
 
 def test_k_larger_than_catalogue_returns_every_item(rec):
@@ -226,3 +251,26 @@ def test_bad_session_files_name_row_and_column(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(DataError, match=match):
         list(read_sessions(tmp_path / name))
+
+
+def test_cli_recommend_files_jsonl_out(ckpt, catalogue, tmp_path):
+    import subprocess
+    import sys
+
+    a, b = catalogue["item_id"][0], catalogue["item_id"][1]
+    (tmp_path / "ev.csv").write_text(f"sess,item,op\nu1,{a},click\nu2,ghost,click\nu1,{b},cart\n")
+    out = tmp_path / "o" / "recs.jsonl"
+    p = subprocess.run([sys.executable, "-m", "mkmsr", "-q", "recommend", "--model", str(ckpt), "--input",
+                        str(tmp_path / "ev.csv"), "--session-col", "sess", "--item-col", "item", "--op-col", "op",
+                        "-k", "4", "--output", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["session_id"] for x in lines] == ["u1", "u2"]
+    assert len(lines[0]["items"]) == 4 and lines[0]["fallback"] is None
+    assert lines[1]["ignored_items"] == ["ghost"] and lines[1]["fallback"] == "popularity"
+    (tmp_path / "bad.jsonl").write_text('{"events": [["a", "b"]]}\n{"events": 3}\n')
+    p = subprocess.run([sys.executable, "-m", "mkmsr", "-q", "recommend", "--model", str(ckpt), "--input",
+                        str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "never.jsonl")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "bad.jsonl, row 2, column 'events'" in p.stderr
+    assert not (tmp_path / "never.jsonl").exists() and not list(tmp_path.glob(".never*"))

@@ -242,7 +242,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
                       batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
-                      admin_token=a.admin_token)
+                      admin_token=a.admin_token, scan=a.scan)
     serve(a.model, a.host, a.port, cfg, access_log=a.access_log,
           log_level="warning" if a.quiet else "debug" if a.verbose > 1 else "info")
     return 0
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=d.max_queue, help=f"queued requests before 503 (default {d.max_queue})")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--admin-token", help="require this X-Admin-Token header on /admin/reload")
+    s.add_argument("--scan", choices=["bfloat16", "float32"],
+                   help="how one session is ranked over the catalogue: bfloat16 scan + exact float32 rescoring "
+                        "(CPU default; same ranking, half the memory traffic) or one float32 product")
     s.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
     s.set_defaults(func=cmd_serve)
 

@@ -66,12 +66,15 @@ class ServeConfig:
     request_timeout_s: float = 30.0    # a request still unscored after this gets 503
     threads: int = 0                   # torch CPU threads (0 = torch's default)
     admin_token: str | None = None     # if set, /admin/reload needs header X-Admin-Token
+    scan: str | None = None            # one-session ranking: bfloat16 (CPU default) | float32, see Recommender
 
     def validate(self) -> None:
         for name in ("max_k", "max_events", "max_batch", "max_filter", "max_body_bytes", "max_id_length",
                      "max_inference_batch", "max_queue"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"serve option {name} must be >= 1, got {getattr(self, name)}")
+        if self.scan not in (None, "bfloat16", "float32"):
+            raise ConfigError(f"scan must be bfloat16 or float32, got {self.scan!r}")
         if self.batch_window_ms < 0 or self.request_timeout_s <= 0 or self.threads < 0:
             raise ConfigError("batch_window_ms must be >= 0, request_timeout_s > 0 and threads >= 0")
 
@@ -97,15 +100,15 @@ class Served:
 class ModelHolder:
     """Holds the served :class:`Served`; ``reload`` swaps it atomically or not at all."""
 
-    def __init__(self, path: str | Path, device: str = "cpu"):
-        self.device = device
+    def __init__(self, path: str | Path, device: str = "cpu", scan: str | None = None):
+        self.device, self.scan = device, scan
         self._lock = threading.Lock()  # one reload at a time
         self._current = self._load(path, 1)
 
     def _load(self, path: str | Path, generation: int) -> Served:
         from .recommend import Recommender
 
-        rec = Recommender.load(path, self.device)
+        rec = Recommender.load(path, self.device, scan=self.scan)
         rec.self_check()
         ck = str(Path(rec.meta["path"]).resolve())
         return Served(rec, generation, ck, time.time(), rec.describe())
@@ -491,7 +494,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    holder = ModelHolder(model)
+    holder = ModelHolder(model, scan=cfg.scan)
     s = holder.current
     log.info("loaded %s from %s (%d items); listening on http://%s:%d", s.rec.model_name, s.path,
              s.rec.n_items, host, port)
