@@ -169,7 +169,7 @@ def in_process(model: str, threads: int, calls: int, sessions, k: int, scan: str
             v = rec.model.encode(b)
             t2 = time.perf_counter()
             if scan == "bfloat16":
-                rec._scan_top(v[0], k, [])
+                rec._scan_top(v, [k], [[]])
             else:
                 torch.topk(v @ rec.item_matrix.T, k, dim=1)
             t3 = time.perf_counter()

@@ -73,8 +73,10 @@ def test_bfloat16_scan_is_exact_on_near_ties(ckpt, catalogue, tmp_path):
     state = torch.load(near / "model.pt", weights_only=True)
     w = state["item_embedding.weight"]
     g = torch.Generator().manual_seed(0)
-    base = torch.randn(w.shape[1], generator=g)
-    w[1:] = base + 1e-4 * torch.randn(w.shape[0] - 1, w.shape[1], generator=g)  # all within bf16 rounding
+    # five clusters of near-identical items: within a cluster, bfloat16 rounding reorders them
+    bases = 2 * torch.randn(5, w.shape[1], generator=g)
+    cluster = torch.arange(w.shape[0] - 1) % 5
+    w[1:] = bases[cluster] + 3e-3 * torch.randn(w.shape[0] - 1, w.shape[1], generator=g)
     torch.save(state, near / "model.pt")
     rec = Recommender.load(near)
     assert rec.scan == "bfloat16"
@@ -83,8 +85,12 @@ def test_bfloat16_scan_is_exact_on_near_ties(ckpt, catalogue, tmp_path):
             idx = [rec.item_index[i] for i, _ in events]
             op = [rec.op_index[o] for _, o in events]
             s = rec.model.encode(batch_from_sequences([idx], [op]))[0]
-            assert rec._scan_top(s, 10, []) is not None
+            assert rec._scan_top(s[None], [10], [[]]) is not None
         assert_same_ranking(rec.recommend(events, k=10).items, brute_force(rec, *zip(*events)), 10)
+    sessions = random_sessions(catalogue, 6, seed=4)
+    for events, got in zip(sessions, rec.recommend_batch(sessions, k=[10, 3, 10, 7, 10, 1])):
+        k = len(got.items)
+        assert_same_ranking(got.items, brute_force(rec, *zip(*events)), k)
 
 
 def test_k_larger_than_catalogue_returns_every_item(rec):
