@@ -16,8 +16,9 @@ of the same size; latency does not depend on the weights).
 ``measure`` reports
 
 * in-process: ``Recommender.recommend(session, k=20)`` one session at a time, p50/p90/p99/max
-  over ``--calls`` calls after a warm-up, per torch thread count, with a breakdown (id
-  translation, encoder pass, catalogue product, top-k) and the throughput of
+  over ``--calls`` calls after a warm-up, per (torch threads, scan) config -- the configs take
+  turns call by call, so each sees the same background load -- with a breakdown (ids ->
+  padded batch, encoder pass, ranking over the catalogue) and the throughput of
   ``recommend_batch`` on 64 sessions;
 * HTTP: ``mkmsr serve`` in a subprocess on 127.0.0.1, driven by ``C`` concurrent keep-alive
   clients (closed loop: each sends its next request when the previous one is answered) for
@@ -144,48 +145,60 @@ def pct(ms: list[float]) -> dict:
             "p99": float(np.percentile(x, 99)), "max": float(x.max()), "mean": float(x.mean())}
 
 
-def in_process(model: str, threads: int, calls: int, sessions, k: int, scan: str) -> dict:
+def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions, k: int) -> list[dict]:
+    """Latency of ``recommend`` per (torch threads, scan) config. The configs take turns call by
+    call, so that every config sees the same background load of this shared machine."""
     from mkmsr.batching import batch_from_sequences
     from mkmsr.recommend import Recommender
 
-    torch.set_num_threads(threads)
-    rec = Recommender.load(model, scan=scan)
-    for s in sessions[:100]:
-        rec.recommend(s, k=k)
-    lat = []
+    recs = {scan: Recommender.load(model, scan=scan) for scan in {c[1] for c in configs}}
+    lat = {c: [] for c in configs}
+    parts = {c: {"translate": [], "encode": [], "rank": []} for c in configs}
+    rates = {c: [] for c in configs}
+    for i in range(100):  # warm-up
+        for t, scan in configs:
+            torch.set_num_threads(t)
+            recs[scan].recommend(sessions[i], k=k)
     for i in range(calls):
         s = sessions[i % len(sessions)]
-        t = time.perf_counter()
-        rec.recommend(s, k=k)
-        lat.append((time.perf_counter() - t) * 1e3)
+        for c in configs:
+            torch.set_num_threads(c[0])
+            t0 = time.perf_counter()
+            recs[c[1]].recommend(s, k=k)
+            lat[c].append((time.perf_counter() - t0) * 1e3)
     # where the time goes (means over 300 sessions): ids -> padded batch, encoder pass, ranking
-    parts = {"translate": [], "encode": [], "rank": []}
     with torch.inference_mode():
         for s in sessions[:300]:
-            t0 = time.perf_counter()
-            it, op, _, _ = rec._translate(s, "benchmark")
-            b = batch_from_sequences([it], [op])
-            t1 = time.perf_counter()
-            v = rec.model.encode(b)
-            t2 = time.perf_counter()
-            if scan == "bfloat16":
-                rec._scan_top(v, [k], [[]])
-            else:
-                torch.topk(v @ rec.item_matrix.T, k, dim=1)
-            t3 = time.perf_counter()
-            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-                parts[key].append(dt * 1e3)
+            for c in configs:
+                torch.set_num_threads(c[0])
+                rec = recs[c[1]]
+                t0 = time.perf_counter()
+                it, op, _, _ = rec._translate(s, "benchmark")
+                b = batch_from_sequences([it], [op])
+                t1 = time.perf_counter()
+                v = rec.model.encode(b)
+                t2 = time.perf_counter()
+                if c[1] == "bfloat16":
+                    rec._scan_top(v, [k], [[]])
+                else:
+                    torch.topk(v @ rec.item_matrix.T, k, dim=1)
+                t3 = time.perf_counter()
+                for key, dt in zip(parts[c], (t1 - t0, t2 - t1, t3 - t2)):
+                    parts[c][key].append(dt * 1e3)
     batch = sessions[:64]
-    rec.recommend_batch(batch, k=k)
-    t = time.perf_counter()
-    reps = 5
-    for _ in range(reps):
-        rec.recommend_batch(batch, k=k)
-    batch_rate = reps * len(batch) / (time.perf_counter() - t)
-    return {"threads": threads, "scan": scan, "calls": calls, "latency_ms": pct(lat),
-            "breakdown_mean_ms": {key: float(np.mean(v)) for key, v in parts.items()},
-            "batch64_sessions_per_s": batch_rate, "n_items": rec.n_items,
-            "item_matrix": list(rec.item_matrix.shape), "item_matrix_contiguous": rec.item_matrix.is_contiguous()}
+    for rep in range(6):  # recommend_batch of 64 sessions, first round = warm-up
+        for c in configs:
+            torch.set_num_threads(c[0])
+            t0 = time.perf_counter()
+            recs[c[1]].recommend_batch(batch, k=k)
+            if rep:
+                rates[c].append(len(batch) / (time.perf_counter() - t0))
+    rec = next(iter(recs.values()))
+    return [{"threads": c[0], "scan": c[1], "calls": calls, "latency_ms": pct(lat[c]),
+             "breakdown_mean_ms": {key: float(np.mean(v)) for key, v in parts[c].items()},
+             "batch64_sessions_per_s": float(np.median(rates[c])), "n_items": rec.n_items,
+             "item_matrix": list(rec.item_matrix.shape), "item_matrix_contiguous": rec.item_matrix.is_contiguous()}
+            for c in configs]
 
 
 async def _client(port, bodies, stop_at, budget, lat, errors, rng):
@@ -302,15 +315,14 @@ def cmd_measure(a) -> int:
            "cold_items": int((items["train_count"] == 0).sum()), "k": a.k, "cpu_count": os.cpu_count(),
            "torch": torch.__version__, "loadavg_1min_at_start": load1, "in_process": [], "http": []}
     print(f"catalogue {items.height} items ({res['cold_items']} cold), k={a.k}, load average {load1:.2f}")
-    for t in a.threads:
-        for scan in a.scan:
-            r = in_process(str(ck), t, a.calls, sessions, a.k, scan)
-            res["in_process"].append(r)
-            lm = r["latency_ms"]
-            print(f"  in-process threads={t} scan={scan}: p50 {lm['p50']:.2f} ms  p90 {lm['p90']:.2f}  "
-                  f"p99 {lm['p99']:.2f}  max {lm['max']:.2f}; mean ms "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown_mean_ms"].items())
-                  + f"; batch of 64: {r['batch64_sessions_per_s']:.0f} sessions/s", flush=True)
+    configs = [(t, scan) for t in a.threads for scan in a.scan]
+    for r in in_process(str(ck), configs, a.calls, sessions, a.k):
+        res["in_process"].append(r)
+        lm = r["latency_ms"]
+        print(f"  in-process threads={r['threads']} scan={r['scan']}: p50 {lm['p50']:.2f} ms  p90 {lm['p90']:.2f}  "
+              f"p99 {lm['p99']:.2f}  max {lm['max']:.2f}; mean ms "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown_mean_ms"].items())
+              + f"; batch of 64: {r['batch64_sessions_per_s']:.0f} sessions/s", flush=True)
     for t in a.server_threads:
         res["http"] += over_http(str(ck), t, a.concurrency, a.duration, a.max_requests, sessions, a.k, a.seed,
                                  a.max_inference_batch)

@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
                    help="wait up to this long for more requests to score together (default 0: take what is queued)")
     s.add_argument("--max-queue", type=int, default=d.max_queue, help=f"queued requests before 503 (default {d.max_queue})")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads for scoring (default: all cores but one, which the event loop keeps)")
     s.add_argument("--admin-token", help="require this X-Admin-Token header on /admin/reload")
     s.add_argument("--scan", choices=["bfloat16", "float32"],
                    help="how one session is ranked over the catalogue: bfloat16 scan + exact float32 rescoring "

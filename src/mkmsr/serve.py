@@ -64,7 +64,7 @@ class ServeConfig:
     batch_window_ms: float = 0.0       # wait up to this long for more requests to join a pass
     max_queue: int = 2048              # queued requests before answering 503 (overload)
     request_timeout_s: float = 30.0    # a request still unscored after this gets 503
-    threads: int = 0                   # torch CPU threads (0 = torch's default)
+    threads: int = 0                   # torch CPU threads (0 = all cores but one, left to the event loop)
     admin_token: str | None = None     # if set, /admin/reload needs header X-Admin-Token
     scan: str | None = None            # one-session ranking: bfloat16 (CPU default) | float32, see Recommender
 
@@ -488,12 +488,15 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("mkmsr serve needs the 'serve' extra: pip install 'mkmsr[serve]'") from exc
+    import os
+
     import torch
 
     cfg = config or ServeConfig()
     cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if not cfg.threads:
+        cfg = dataclasses.replace(cfg, threads=max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(cfg.threads)
     holder = ModelHolder(model, scan=cfg.scan)
     s = holder.current
     log.info("loaded %s from %s (%d items); listening on http://%s:%d", s.rec.model_name, s.path,
