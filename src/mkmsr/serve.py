@@ -17,10 +17,12 @@ required``): 400 for a body that is not JSON, 413 for one over ``max_body_bytes`
 a missing, mistyped, unknown or out-of-bounds field (bounds in :class:`ServeConfig`).
 
 How a request is scored. The event loop only parses and validates; scoring runs on one
-inference thread that takes every request queued at that moment (up to
-``max_inference_batch`` sessions) and scores them together: one padded encoder pass and
-one matrix product with the item matrix. Under load this turns many matrix-vector products
-over the catalogue into one matrix product, which costs little more than one of them.
+inference thread (``threads`` torch threads) that takes every request queued at that moment
+(up to ``max_inference_batch`` sessions) and scores them together with
+:meth:`Recommender.recommend_batch`: one padded encoder pass and one matrix product with the
+item matrix (by default over its bfloat16 copy, with exact float32 rescoring, see
+:class:`Recommender`). Under load this turns many memory-bound matrix-vector products over the
+catalogue into one matrix product.
 
 Hot swap. ``POST /admin/reload`` (or ``SIGHUP``, which reloads the current path) loads the
 new checkpoint beside the old one, runs :meth:`Recommender.self_check` on it, and only then
