@@ -16,8 +16,9 @@ of the same size; latency does not depend on the weights).
 ``measure`` reports
 
 * in-process: ``Recommender.recommend(session, k=20)`` one session at a time, p50/p90/p99/max
-  over ``--calls`` calls after a warm-up, per (torch threads, scan) config -- the configs take
-  turns call by call, so each sees the same background load -- with a breakdown (ids ->
+  over ``--calls`` calls after a warm-up, per (torch threads, scan) config -- one block per
+  thread count, in which the scan modes take turns call by call, so both see the same
+  background load -- with a breakdown (ids ->
   padded batch, encoder pass, ranking over the catalogue) and the throughput of
   ``recommend_batch`` on 64 sessions;
 * HTTP: ``mkmsr serve`` in a subprocess on 127.0.0.1, driven by ``C`` concurrent keep-alive
@@ -146,8 +147,8 @@ def pct(ms: list[float]) -> dict:
 
 
 def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions, k: int) -> list[dict]:
-    """Latency of ``recommend`` per (torch threads, scan) config. The configs take turns call by
-    call, so that every config sees the same background load of this shared machine."""
+    """Latency of ``recommend`` per (torch threads, scan) config: a block per thread count, in
+    which the scan modes take turns call by call (same background load for both)."""
     from mkmsr.batching import batch_from_sequences
     from mkmsr.recommend import Recommender
 
@@ -159,19 +160,26 @@ def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions,
         for t, scan in configs:
             torch.set_num_threads(t)
             recs[scan].recommend(sessions[i], k=k)
-    for i in range(calls):
-        s = sessions[i % len(sessions)]
-        for c in configs:
-            torch.set_num_threads(c[0])
-            t0 = time.perf_counter()
-            recs[c[1]].recommend(s, k=k)
-            lat[c].append((time.perf_counter() - t0) * 1e3)
-    # where the time goes (means over 300 sessions): ids -> padded batch, encoder pass, ranking
+    # one block per thread count (changing torch's thread count costs the next call); within a
+    # block the scan modes take turns call by call
+    for t in dict.fromkeys(c[0] for c in configs):
+        block = [c for c in configs if c[0] == t]
+        torch.set_num_threads(t)
+        for i in range(20):
+            for c in block:
+                recs[c[1]].recommend(sessions[i], k=k)
+        for i in range(calls):
+            s = sessions[i % len(sessions)]
+            for c in block:
+                t0 = time.perf_counter()
+                recs[c[1]].recommend(s, k=k)
+                lat[c].append((time.perf_counter() - t0) * 1e3)
+    order = [c for t in dict.fromkeys(c[0] for c in configs) for c in configs if c[0] == t]
     with torch.inference_mode():
-        for s in sessions[:300]:
-            for c in configs:
-                torch.set_num_threads(c[0])
-                rec = recs[c[1]]
+        for c in order:  # where the time goes: ids -> padded batch, encoder pass, ranking
+            torch.set_num_threads(c[0])
+            rec = recs[c[1]]
+            for s in sessions[:300]:
                 t0 = time.perf_counter()
                 it, op, _, _ = rec._translate(s, "benchmark")
                 b = batch_from_sequences([it], [op])
@@ -186,9 +194,9 @@ def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions,
                 for key, dt in zip(parts[c], (t1 - t0, t2 - t1, t3 - t2)):
                     parts[c][key].append(dt * 1e3)
     batch = sessions[:64]
-    for rep in range(6):  # recommend_batch of 64 sessions, first round = warm-up
-        for c in configs:
-            torch.set_num_threads(c[0])
+    for c in order:  # recommend_batch of 64 sessions, first round = warm-up
+        torch.set_num_threads(c[0])
+        for rep in range(6):
             t0 = time.perf_counter()
             recs[c[1]].recommend_batch(batch, k=k)
             if rep:

@@ -105,19 +105,21 @@ class Recommender:
     table the session vector is multiplied with; models that do not expose item embeddings
     are scored through their ``score`` (the model contract) instead.
 
-    ``scan`` chooses how sessions are ranked over the whole catalogue:
+    ``scan`` chooses how one session (a batch of one) is ranked over the whole catalogue:
 
-    * ``"bfloat16"`` (default on the CPU): the product with the item matrix reads a bfloat16
-      copy of it (half the memory traffic of one session's matrix-vector product, which is
-      memory-bound on a 139k x 100 catalogue; and a faster matrix product for a batch), then
-      every item whose float32 score could still reach the row's top k under a bound on the
-      bfloat16 error is rescored in float32 and the top k is taken from those.
+    * ``"bfloat16"`` (default on the CPU): the matrix-vector product reads a bfloat16 copy of
+      the item matrix (half the memory traffic; on a 139k x 100 catalogue the product is
+      memory-bound), then every item whose float32 score could still reach the top k under a
+      bound on the bfloat16 error is rescored in float32 and the top k is taken from those.
       The result is the float32 ranking: an item outside the rescored set scores below k
       items inside it. The bound: ``|s.e - a| <= ||s|| max||e - bf16(e)|| + (||s - bf16(s)||
       + 2^-8 ||bf16(s)||) max||bf16(e)|| + 2^-7 |a|``, where ``a`` is the bfloat16 product;
       torch's bfloat16 product on CPU stays within half of each of the last two terms (measured,
       and tested against the float32 ranking).
     * ``"float32"``: one float32 product over the catalogue.
+
+    Batches of several sessions use one float32 matrix product (``_scan_top`` handles several
+    rows, but on this machine the float32 matrix product was faster for batches).
     """
 
     #: bfloat16 error model of the scan (see the class docstring)
@@ -338,7 +340,9 @@ class Recommender:
         """Top-k of each row. ``x`` is (b, d) session vectors, or (b, n_items + 1) scores with
         ``full_scores``, or None with ``fallback`` (popularity)."""
         full = [r for r, p in enumerate(prep) if p.candidates is None]
-        if full and not fallback and not full_scores and self._scan_matrix is not None:
+        # the scan pays off for one session (a memory-bound matrix-vector product); a batch's
+        # float32 matrix product was faster here (docs/performance.md)
+        if len(full) == 1 and not fallback and not full_scores and self._scan_matrix is not None:
             sel = x[full] if len(full) < x.shape[0] else x
             tops = self._scan_top(sel, [prep[f].k for f in full], [prep[f].exclude for f in full])
             if tops is not None:
