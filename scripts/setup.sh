@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test${MKMSR_EXTRAS:+,$MKMSR_EXTRAS}]"
+# serve: the test suite starts the real HTTP server
+.venv/bin/python -m pip install -q -e ".[test,serve${MKMSR_EXTRAS:+,$MKMSR_EXTRAS}]"

@@ -200,18 +200,51 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
-    from .recommend import Recommender, parse_session
+    import os
+    import tempfile
 
+    from .recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
+
+    if bool(a.session) == bool(a.input):
+        raise ConfigError("give either --session item:op,item:op,... or --input FILE (jsonl, csv or text)")
+    if a.k < 1 or a.batch_size < 1:
+        raise ConfigError("-k and --batch-size must be >= 1")
     rec = Recommender.load(a.run)
     if a.session:
-        sessions = [parse_session(a.session)]
-    elif a.input:
-        sessions = [parse_session(line) for line in Path(a.input).read_text().splitlines() if line.strip()]
+        try:
+            requests = [SessionRequest("1", parse_session(a.session))]
+        except ValueError as exc:
+            raise ConfigError(f"--session: {exc}") from None
     else:
-        raise ConfigError("give --session item:op,item:op,... or --input FILE (one such session per line)")
-    results = rec.recommend_batch(sessions, k=a.k)
-    for r in results:
-        print(json.dumps(r.to_dict()))
+        requests = read_sessions(a.input, a.input_format, a.session_col, a.item_col, a.op_col or None, a.separator)
+    lines = (json.dumps(r) + "\n" for r in recommend_requests(rec, requests, a.k, a.exclude_seen, a.batch_size))
+    if not a.output:
+        for line in lines:
+            sys.stdout.write(line)
+        return 0
+    out = Path(a.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    try:  # written to a temporary file, renamed when complete
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            n = sum(fh.write(line) > 0 for line in lines)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"{n} sessions -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
+                      max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
+                      batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
+                      admin_token=a.admin_token, scan=a.scan)
+    serve(a.model, a.host, a.port, cfg, access_log=a.access_log,
+          log_level="warning" if a.quiet else "debug" if a.verbose > 1 else "info")
     return 0
 
 
@@ -319,12 +352,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write results here (default RUN/evaluation.json)")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("recommend", help="top-k next items for a session of item:operation pairs")
-    s.add_argument("--run", required=True, help="run directory or checkpoint directory")
-    s.add_argument("--session", help="e.g. 123:1,456:2 (item id, colon, operation)")
-    s.add_argument("--input", help="file with one session per line in the --session syntax")
-    s.add_argument("-k", type=int, default=20)
+    s = sub.add_parser("recommend", help="top-k next items for a session, or a file of sessions (JSONL out)")
+    s.add_argument("--run", "--model", dest="run", required=True, help="run directory or checkpoint directory")
+    s.add_argument("--session", help="one session, e.g. 123:click,456:cart (item id, colon, operation)")
+    s.add_argument("--input", help="file of sessions: .jsonl (one session object per line), .csv (one event "
+                   "per row: session, item, operation) or text (one --session string per line); see the README")
+    s.add_argument("--input-format", choices=["jsonl", "csv", "text"], help="override the format read from the extension")
+    s.add_argument("--output", help="write the JSONL results here (default: stdout)")
+    s.add_argument("-k", type=int, default=20, help="items per session (default 20; a JSONL line's k wins)")
+    s.add_argument("--exclude-seen", action="store_true", help="never recommend an item already in the session")
+    s.add_argument("--batch-size", type=int, default=256, help="sessions scored together (default 256)")
+    s.add_argument("--session-col", default="session_id", help="CSV input: session column (default session_id)")
+    s.add_argument("--item-col", default="item_id", help="CSV input: item column (default item_id)")
+    s.add_argument("--op-col", default="operation", help="CSV input: operation column ('' = none; default operation)")
+    s.add_argument("--separator", default=",", help="CSV input: field separator (default ,)")
     s.set_defaults(func=cmd_recommend)
+
+    from .serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
+    d = _SC()
+    s = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)")
+    s.add_argument("--model", required=True, help="checkpoint or run directory to serve")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-k", type=int, default=d.max_k, help=f"largest k a request may ask for (default {d.max_k})")
+    s.add_argument("--max-events", type=int, default=d.max_events, help=f"events per session (default {d.max_events})")
+    s.add_argument("--max-batch", type=int, default=d.max_batch, help=f"sessions per /recommend/batch (default {d.max_batch})")
+    s.add_argument("--max-filter", type=int, default=d.max_filter,
+                   help=f"ids in one exclude or candidates list (default {d.max_filter})")
+    s.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"request body size (default {d.max_body_bytes})")
+    s.add_argument("--max-inference-batch", type=int, default=d.max_inference_batch,
+                   help=f"sessions scored together in one pass (default {d.max_inference_batch})")
+    s.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+                   help="wait up to this long for more requests to score together (default 0: take what is queued)")
+    s.add_argument("--max-queue", type=int, default=d.max_queue, help=f"queued requests before 503 (default {d.max_queue})")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads for scoring (default: all cores but one, which the event loop keeps)")
+    s.add_argument("--admin-token", help="require this X-Admin-Token header on /admin/reload")
+    s.add_argument("--scan", choices=["bfloat16", "float32"],
+                   help="how one session is ranked over the catalogue: bfloat16 scan + exact float32 rescoring "
+                        "(CPU default; same ranking, half the memory traffic) or one float32 product")
+    s.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="synthetic data -> prepare -> train MKM-SR and variants -> results table")
     s.add_argument("--out", help="working directory (default: a temporary one)")

@@ -2,19 +2,38 @@
 
 ``Recommender.load(checkpoint_or_run_dir).recommend([(item_id, operation), ...], k=20)``
 translates external ids to indices (the only place besides ``prepare`` where that happens),
-scores every catalogue item with one encoder pass and one matrix-vector product, and returns
-the top k without a full sort.
+scores every catalogue item with one small encoder pass and one matrix-vector product
+against the item matrix (kept contiguous), and returns the top k with ``torch.topk`` (no
+full sort). ``recommend_batch`` does the same for many sessions with one padded encoder pass
+and one matrix product per chunk of sessions.
 
-Unknown input never crashes: an event whose item the model has never seen (not even through
-knowledge) is dropped; an unknown operation is replaced by the padding operation (a zero
-embedding). Both are reported in the response. A session left empty falls back to the
-training popularity ranking, and the response says so.
+Id spaces: callers speak external ids only (``item_id`` and ``operation`` as the prepared
+data spells them, compared as stripped strings; ints are accepted and turned into strings).
+Items known only through knowledge (cold-start items, ``train_count`` 0 in the checkpoint's
+``items.parquet``) are ordinary catalogue items: valid in a session, as candidates and in
+the results.
+
+Unknown input never crashes:
+
+* an event whose item the model has never seen (not even through knowledge) is dropped and
+  listed in ``ignored_items``;
+* an unknown operation is replaced by the padding operation (a zero embedding) and listed in
+  ``ignored_operations`` (an event with operation ``None`` also gets the padding operation,
+  without being reported, unless the data had no operations at all, see ``default_op``);
+* unknown ``candidates`` are listed in ``ignored_candidates``; unknown ``exclude`` ids are
+  irrelevant and silently skipped;
+* a session left without events falls back to the training popularity ranking (score =
+  the item's number of training events) and ``fallback`` says ``"popularity"``.
+
+Scores are the model's logits sᵀiⱼ (higher is better; comparable within one response).
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import polars as pl
@@ -22,118 +41,420 @@ import torch
 
 from .batching import batch_from_sequences
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .metrics import topk
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+Event = tuple[Any, Any]  # (item_id, operation), external ids
 
 
 @dataclass
 class Recommendation:
-    """Ranked ``items`` as ``(item_id, score)``, best first, plus what was ignored."""
+    """Ranked ``items`` as ``(item_id, score)``, best first, plus what was ignored.
+
+    ``fallback`` is ``"popularity"`` when no event of the session was usable (the scores are
+    then training event counts), else None.
+    """
 
     items: list[tuple[str, float]]
     ignored_items: list[str] = field(default_factory=list)
     ignored_operations: list[str] = field(default_factory=list)
-    fallback: str | None = None  # "popularity" when no event of the session was usable
+    ignored_candidates: list[str] = field(default_factory=list)
+    fallback: str | None = None
 
     def to_dict(self) -> dict:
         return {"items": [{"item_id": i, "score": s} for i, s in self.items],
                 "ignored_items": self.ignored_items, "ignored_operations": self.ignored_operations,
-                "fallback": self.fallback}
+                "ignored_candidates": self.ignored_candidates, "fallback": self.fallback}
+
+
+@dataclass
+class _Prepared:
+    """One session's request, translated to indices (internal to ``recommend_batch``)."""
+
+    items: list[int]
+    ops: list[int]
+    k: int
+    exclude: list[int]
+    candidates: torch.Tensor | None  # (c,) int64 unique item_idx, or None = whole catalogue
+    ignored_items: list[str]
+    ignored_ops: list[str]
+    ignored_candidates: list[str]
+
+
+def _key(x: Any) -> str:
+    return str(x).strip()
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf (e.g. metrics over zero cold samples) -> None, so the result is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 class Recommender:
-    """A loaded model plus its id maps. Thread-safe for concurrent ``recommend`` calls."""
+    """A loaded model plus its id maps. Immutable after construction, so concurrent
+    ``recommend`` calls from several threads are safe.
+
+    ``item_matrix`` (n_items + 1, d) float32, contiguous, row = item_idx, is the candidate
+    table the session vector is multiplied with; models that do not expose item embeddings
+    are scored through their ``score`` (the model contract) instead.
+
+    ``scan`` chooses how one session (a batch of one) is ranked over the whole catalogue:
+
+    * ``"bfloat16"`` (default on the CPU): the matrix-vector product reads a bfloat16 copy of
+      the item matrix (half the memory traffic; on a 139k x 100 catalogue the product is
+      memory-bound), then every item whose float32 score could still reach the top k under a
+      bound on the bfloat16 error is rescored in float32 and the top k is taken from those.
+      The result is the float32 ranking: an item outside the rescored set scores below k
+      items inside it. The bound: ``|s.e - a| <= ||s|| max||e - bf16(e)|| + (||s - bf16(s)||
+      + 2^-8 ||bf16(s)||) max||bf16(e)|| + 2^-7 |a|``, where ``a`` is the bfloat16 product;
+      torch's bfloat16 product on CPU stays within half of each of the last two terms (measured,
+      and tested against the float32 ranking).
+    * ``"float32"``: one float32 product over the catalogue.
+
+    Batches of several sessions use one float32 matrix product (``_scan_top`` handles several
+    rows, but on this machine the float32 matrix product was faster for batches).
+    """
+
+    #: bfloat16 error model of the scan (see the class docstring)
+    SCAN_REL, SCAN_ABS = 2.0 ** -7, 2.0 ** -8
 
     def __init__(self, model, meta: dict, items: pl.DataFrame, operations: pl.DataFrame,
-                 device: torch.device | str = "cpu", max_len: int | None = None):
+                 device: torch.device | str = "cpu", max_len: int | None = None, scan: str | None = None):
         self.model = model.eval()
         self.meta = meta
         self.device = torch.device(device)
         n = model.spec.n_items
-        self.item_ids: list[str | None] = [None] * (n + 1)
-        for idx, iid in zip(items["item_idx"].to_list(), items["item_id"].to_list()):
-            self.item_ids[idx] = iid
-        self.item_index = {iid: idx for idx, iid in enumerate(self.item_ids) if iid is not None}
-        self.op_index = dict(zip(operations["op"].to_list(), operations["op_idx"].to_list()))
-        pop = np.zeros(n + 1, dtype=np.float32)
-        pop[items["item_idx"].to_numpy()] = items["train_count"].to_numpy()
-        self.popularity = torch.from_numpy(pop)
+        idx = items["item_idx"].to_numpy()
+        if idx.size != n or idx.min(initial=1) < 1 or idx.max(initial=1) > n or np.unique(idx).size != n:
+            raise DataError(f"the item map does not match the model: {idx.size} rows for {n} items, "
+                            f"indices must be exactly 1..{n}", file=meta.get("path"))
+        ids = np.empty(n + 1, dtype=object)
+        ids[idx] = items["item_id"].cast(pl.Utf8).to_list()
+        self.item_ids = ids  # (n_items + 1,) external id of each item_idx; [0] = None (padding)
+        self.item_index: dict[str, int] = dict(zip(ids[idx].tolist(), idx.tolist()))
+        op_idx = operations["op_idx"].to_list()
+        if op_idx and (min(op_idx) < 1 or max(op_idx) >= model.spec.n_ops):
+            raise DataError(f"the operation map does not match the model (indices must lie in 1..{model.spec.n_ops - 1})",
+                            file=meta.get("path"))
+        self.op_index: dict[str, int] = dict(zip(operations["op"].cast(pl.Utf8).to_list(), op_idx))
+        # data without an operation column was prepared with the single operation "_"
+        self.default_op = self.op_index.get("_", 0) if len(self.op_index) == 1 else 0
+        counts = np.zeros(n + 1, dtype=np.float32)
+        counts[idx] = items["train_count"].to_numpy()
+        self.train_count = counts  # (n_items + 1,) float32; 0 for cold-start items
+        pop = torch.from_numpy(counts.copy())
+        pop[0] = float("-inf")
+        self.popularity = pop.to(self.device)  # (n_items + 1,) fallback scores
         self.max_len = max_len
+        try:
+            mat = model.item_embeddings().detach()
+            self.item_matrix: torch.Tensor | None = mat.to(self.device, torch.float32).contiguous()
+        except NotImplementedError:
+            self.item_matrix = None
+        self.scan = scan or ("bfloat16" if self.device.type == "cpu" else "float32")
+        if self.scan not in ("bfloat16", "float32"):
+            raise ValueError(f"scan must be 'bfloat16' or 'float32', got {self.scan!r}")
+        self._scan_matrix = None
+        if self.scan == "bfloat16" and self.item_matrix is not None:
+            m16 = self.item_matrix.to(torch.bfloat16).contiguous()   # (n_items + 1, d)
+            self._scan_matrix = m16
+            self._scan_delta = float((self.item_matrix - m16.float()).norm(dim=1).max())
+            self._scan_norm = float(m16.float().norm(dim=1).max())
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu", max_len: int | None = None) -> "Recommender":
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", max_len: int | None = None,
+             scan: str | None = None) -> "Recommender":
+        """Load a checkpoint directory (or a run directory: its ``best/`` checkpoint).
+
+        ``max_len`` (default: the training run's ``max_len``) keeps only the latest events of
+        a session, as in training. Raises DataError / RuntimeError on a broken checkpoint.
+        """
         path = resolve_checkpoint(path)
         model, meta = load_checkpoint(path, device)
+        for name in ("items.parquet", "operations.parquet"):
+            if not (path / name).exists():
+                raise DataError(f"checkpoint lacks its id map {name}", file=str(path))
         items = pl.read_parquet(path / "items.parquet")
         ops = pl.read_parquet(path / "operations.parquet")
         if max_len is None:
             max_len = (meta.get("train_config") or {}).get("max_len")
-        return cls(model, meta, items, ops, device, max_len)
+        return cls(model, meta, items, ops, device, max_len, scan)
 
+    # ---- introspection -----------------------------------------------------------------------
     @property
     def n_items(self) -> int:
         return self.model.spec.n_items
 
-    def _translate(self, events: Sequence[tuple[str, str]]):
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model"))
+
+    def is_cold(self, item_id: Any) -> bool:
+        """True for a catalogue item with no training event (known only through knowledge)."""
+        i = self.item_index.get(_key(item_id))
+        return i is not None and self.train_count[i] == 0
+
+    def describe(self) -> dict:
+        """What is being served: model name and config, the dataset manifest, the metrics."""
+        path = Path(self.meta.get("path", "."))
+        manifest = None
+        if (path / "dataset_manifest.json").exists():
+            manifest = json.loads((path / "dataset_manifest.json").read_text())
+            manifest.pop("files", None)
+        run_metrics = None
+        if (path.parent / "metrics.json").exists():  # a run directory's best/ checkpoint
+            try:
+                run_metrics = json.loads((path.parent / "metrics.json").read_text())
+            except (OSError, ValueError):
+                run_metrics = None
+        return _finite({
+            "model": self.model_name, "checkpoint": str(path), "config": self.meta.get("config"),
+            "spec": self.meta.get("spec"), "mkmsr_version": self.meta.get("mkmsr_version"),
+            "catalogue": {"items": self.n_items, "cold_items": int((self.train_count[1:] == 0).sum()),
+                          "operations": sorted(self.op_index, key=self.op_index.get)},
+            "max_len": self.max_len, "epoch": self.meta.get("epoch"),
+            "metrics": {"valid_at_checkpoint": self.meta.get("valid"),
+                        "run": ({k: run_metrics.get(k) for k in ("best_epoch", "valid", "test", "seed")}
+                                if run_metrics else None)},
+            "dataset": {**(self.meta.get("dataset") or {}), "manifest": manifest},
+        })
+
+    @torch.inference_mode()
+    def self_check(self) -> None:
+        """Raise ValueError when the loaded weights cannot serve (non-finite item vectors or
+        scores); the server runs this before it swaps a new checkpoint in."""
+        if self.item_matrix is not None and not bool(torch.isfinite(self.item_matrix[1:]).all()):
+            raise ValueError("the item embedding matrix holds NaN or infinite values")
+        op = next(iter(self.op_index.values()), 0)
+        batch = batch_from_sequences([[1]], [[op]]).to(self.device)
+        scores = self.model.score(batch)
+        if not bool(torch.isfinite(scores[0, 1:]).all()):
+            raise ValueError("the model scores a one-event session with NaN or infinite values")
+
+    # ---- translation (external ids -> indices) -------------------------------------------------
+    def _translate(self, events: Sequence[Event], where: str):
+        if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+            raise ValueError(f"{where}: events must be a sequence of (item_id, operation) pairs, "
+                             f"got {type(events).__name__}")
         items, ops, bad_items, bad_ops = [], [], [], []
-        for item, op in events:
-            idx = self.item_index.get(str(item))
+        for j, ev in enumerate(events):
+            if isinstance(ev, (str, bytes)) or not isinstance(ev, Sequence) or len(ev) != 2:
+                raise ValueError(f"{where}, event {j}: expected an (item_id, operation) pair, got {ev!r}")
+            item, op = ev
+            key = _key(item)
+            idx = self.item_index.get(key)
             if idx is None:
-                bad_items.append(str(item))
+                bad_items.append(key)
                 continue
-            o = self.op_index.get(str(op))
-            if o is None:
-                bad_ops.append(str(op))
-                o = 0
+            if op is None:
+                o = self.default_op
+            else:
+                o = self.op_index.get(_key(op))
+                if o is None:
+                    bad_ops.append(_key(op))
+                    o = 0
             items.append(idx)
             ops.append(o)
         return items, ops, bad_items, bad_ops
 
-    def _mask(self, scores: torch.Tensor, exclude: Iterable[str] | None, candidates: Iterable[str] | None) -> None:
+    def _prepare(self, i: int, events, k: int, exclude, candidates, exclude_seen: bool) -> _Prepared:
+        where = f"session {i}"
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"{where}: k must be an integer >= 1, got {k!r}")
+        items, ops, bad_items, bad_ops = self._translate(events, where)
+        if self.max_len and len(items) > self.max_len:
+            items, ops = items[-self.max_len:], ops[-self.max_len:]
+        ex = [j for j in (self.item_index.get(_key(c)) for c in (exclude or ())) if j is not None]
+        if exclude_seen:
+            ex.extend(items)
+        cand, bad_cand = None, []
         if candidates is not None:
-            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool)
-            idx = [self.item_index[c] for c in candidates if c in self.item_index]
-            allowed[idx] = True
-            scores.masked_fill_(~allowed.to(scores.device), float("-inf"))
-        if exclude:
-            idx = [self.item_index[c] for c in exclude if c in self.item_index]
-            if idx:
-                scores[..., idx] = float("-inf")
-        scores[..., 0] = float("-inf")
+            if isinstance(candidates, (str, bytes)):
+                raise ValueError(f"{where}: candidates must be a list of item ids, not a string")
+            known = []
+            for c in candidates:
+                j = self.item_index.get(_key(c))
+                if j is None:
+                    bad_cand.append(_key(c))
+                else:
+                    known.append(j)
+            cand = torch.unique(torch.tensor(known, dtype=torch.int64)).to(self.device)
+        return _Prepared(items, ops, int(k), ex, cand, bad_items, bad_ops, bad_cand)
 
+    # ---- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def recommend_batch(self, sessions: Sequence[Sequence[tuple[str, str]]], k: int = 20,
-                        exclude: Sequence[Iterable[str] | None] | None = None,
-                        candidates: Sequence[Iterable[str] | None] | None = None) -> list[Recommendation]:
-        """Recommend for many sessions at once (one padded encoder pass for all of them)."""
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        tr = [self._translate(s) for s in sessions]
-        usable = [i for i, t in enumerate(tr) if t[0]]
-        out: list[Recommendation | None] = [None] * len(sessions)
-        scores_all = torch.empty(0)
-        if usable:
-            batch = batch_from_sequences([tr[i][0] for i in usable], [tr[i][1] for i in usable], self.max_len)
-            scores_all = self.model.score(batch.to(self.device)).float()
-        for row, i in enumerate(usable):
-            self._fill(out, i, tr[i], scores_all[row].clone(), k, exclude, candidates, None)
-        for i, t in enumerate(tr):
-            if out[i] is None:
-                self._fill(out, i, t, self.popularity.clone().to(self.device), k, exclude, candidates, "popularity")
+    def recommend_batch(self, sessions: Sequence[Sequence[Event]], k: int | Sequence[int] = 20,
+                        exclude: Sequence[Iterable[Any] | None] | None = None,
+                        candidates: Sequence[Iterable[Any] | None] | None = None,
+                        exclude_seen: bool | Sequence[bool] = False, chunk_size: int = 128) -> list[Recommendation]:
+        """Recommend for many sessions: one padded encoder pass and one matrix product per chunk.
+
+        sessions     list of sessions, each a sequence of ``(item_id, operation)`` external ids
+        k            results per session (an int for all, or one per session)
+        exclude      per session: item ids never to recommend (or None)
+        candidates   per session: only rank these item ids (or None = the whole catalogue)
+        exclude_seen per session (or for all): also exclude the session's own items
+
+        Returns one :class:`Recommendation` per session, in order. Raises ValueError (naming
+        the session and event) on structurally bad input; unknown ids are reported, not raised.
+        """
+        n = len(sessions)
+        ks = [k] * n if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else list(k)
+        if len(ks) != n:
+            raise ValueError(f"k has {len(ks)} entries for {n} sessions")
+        for name, per in (("exclude", exclude), ("candidates", candidates)):
+            if per is not None and len(per) != n:
+                raise ValueError(f"{name} has {len(per)} entries for {n} sessions (give one per session, or None)")
+        seen = [exclude_seen] * n if isinstance(exclude_seen, bool) else list(exclude_seen)
+        prep = [self._prepare(i, s, ks[i], exclude[i] if exclude else None,
+                              candidates[i] if candidates is not None else None, seen[i])
+                for i, s in enumerate(sessions)]
+        out: list[Recommendation | None] = [None] * n
+        usable = [i for i, p in enumerate(prep) if p.items]
+        for c0 in range(0, len(usable), max(1, chunk_size)):
+            rows = usable[c0:c0 + chunk_size]
+            self._score_rows([prep[i] for i in rows], rows, out)
+        empty = [i for i, p in enumerate(prep) if not p.items]
+        if empty:
+            self._rank([prep[i] for i in empty], empty, out, None, fallback=True)
         return out  # type: ignore[return-value]
 
-    def _fill(self, out, i, t, scores, k, exclude, candidates, fallback) -> None:
-        self._mask(scores, exclude[i] if exclude else None, candidates[i] if candidates else None)
-        n_valid = int(torch.isfinite(scores).sum())
-        vals, idx = topk(scores[None], min(k, max(n_valid, 1)))
-        pairs = [(self.item_ids[j], float(v)) for v, j in zip(vals[0].tolist(), idx[0].tolist())
-                 if np.isfinite(v) and self.item_ids[j] is not None]
-        out[i] = Recommendation(pairs, t[2], t[3], fallback)
+    def _score_rows(self, prep: list[_Prepared], rows: list[int], out: list) -> None:
+        batch = batch_from_sequences([p.items for p in prep], [p.ops for p in prep]).to(self.device)
+        if self.item_matrix is not None:
+            session_vecs = self.model.encode(batch).float()          # (b, d)
+            self._rank(prep, rows, out, session_vecs, fallback=False)
+        else:
+            scores = self.model.score(batch).float()                 # (b, n_items + 1)
+            self._rank(prep, rows, out, scores, fallback=False, full_scores=True)
 
-    def recommend(self, events: Sequence[tuple[str, str]], k: int = 20, exclude: Iterable[str] | None = None,
-                  candidates: Iterable[str] | None = None) -> Recommendation:
-        """Top-k ``(item_id, score)`` for one session of ``(item_id, operation)`` events."""
-        return self.recommend_batch([events], k, [exclude] if exclude else None,
-                                    [candidates] if candidates is not None else None)[0]
+    def _rank(self, prep: list[_Prepared], rows: list[int], out: list, x: torch.Tensor | None,
+              fallback: bool, full_scores: bool = False) -> None:
+        """Top-k of each row. ``x`` is (b, d) session vectors, or (b, n_items + 1) scores with
+        ``full_scores``, or None with ``fallback`` (popularity)."""
+        full = [r for r, p in enumerate(prep) if p.candidates is None]
+        # the scan pays off for one session (a memory-bound matrix-vector product); a batch's
+        # float32 matrix product was faster here (docs/performance.md)
+        if len(full) == 1 and not fallback and not full_scores and self._scan_matrix is not None:
+            sel = x[full] if len(full) < x.shape[0] else x
+            tops = self._scan_top(sel, [prep[f].k for f in full], [prep[f].exclude for f in full])
+            if tops is not None:
+                for f, (vals, idx) in zip(full, tops):
+                    self._emit(out, rows[f], prep[f], vals, idx, fallback)
+                full = []
+        if full:
+            if fallback:
+                scores = self.popularity.expand(len(full), -1).clone()
+            elif full_scores:
+                scores = x[full]
+            else:
+                sel = x[full] if len(full) < x.shape[0] else x
+                scores = sel @ self.item_matrix.T                    # (b, n_items + 1)
+                scores[:, 0] = float("-inf")
+            ex_r = [r for r, f in enumerate(full) if prep[f].exclude]
+            if ex_r:
+                ri = torch.tensor([r for r in ex_r for _ in prep[full[r]].exclude], dtype=torch.int64)
+                ci = torch.tensor([j for r in ex_r for j in prep[full[r]].exclude], dtype=torch.int64)
+                scores[ri.to(scores.device), ci.to(scores.device)] = float("-inf")
+            kmax = min(max(prep[f].k for f in full), scores.shape[1])
+            vals, idx = torch.topk(scores, kmax, dim=1, largest=True, sorted=True)
+            vals, idx = vals.cpu().tolist(), idx.cpu().tolist()
+            for r, f in enumerate(full):
+                self._emit(out, rows[f], prep[f], vals[r], idx[r], fallback)
+        for r, p in enumerate(prep):
+            if p.candidates is None:
+                continue
+            cand = p.candidates
+            if fallback:
+                s = self.popularity[cand]
+            elif full_scores:
+                s = x[r, cand]
+            else:
+                s = self.item_matrix[cand] @ x[r]                    # (c,)
+            if p.exclude and cand.numel():
+                s = s.masked_fill(torch.isin(cand, torch.tensor(p.exclude, device=cand.device)), float("-inf"))
+            kk = min(p.k, int(cand.numel()))
+            if kk == 0:
+                self._emit(out, rows[r], p, [], [], fallback)
+                continue
+            vals, pos = torch.topk(s, kk, largest=True, sorted=True)
+            self._emit(out, rows[r], p, vals.cpu().tolist(), cand[pos].cpu().tolist(), fallback)
+
+    def _scan_top(self, S: torch.Tensor, ks: list[int], excludes: list[list[int]]
+                  ) -> list[tuple[list[float], list[int]]] | None:
+        """Float32 top-k of session vectors ``S`` (b, d) via the bfloat16 scan (class docstring).
+
+        Returns per row (scores, item_idx) best first, or None when the float32 product is the
+        better way (a row with fewer than k rankable items, or a bound that leaves too many
+        items to rescore).
+        """
+        b = S.shape[0]
+        S16 = S.to(torch.bfloat16)
+        if b == 1:  # a matrix-vector product: the memory-bound case the scan is for
+            A = torch.mv(self._scan_matrix, S16[0])[None]           # (1, n_items + 1) bfloat16
+        else:
+            A = S16 @ self._scan_matrix.T                            # (b, n_items + 1) bfloat16
+        A[:, 0] = float("-inf")
+        ex_r = [r for r in range(b) if excludes[r]]
+        if ex_r:
+            ri = torch.tensor([r for r in ex_r for _ in excludes[r]], dtype=torch.int64, device=A.device)
+            ci = torch.tensor([j for r in ex_r for j in excludes[r]], dtype=torch.int64, device=A.device)
+            A[ri, ci] = float("-inf")
+        kmax = min(max(ks), A.shape[1])
+        # the rescored items are few (tens for k = 20): take them from a wider top-k of the
+        # bfloat16 scores, which also gives each row's k-th best score
+        wide = min(A.shape[1], 4 * kmax + 64)
+        top_v, top_i = torch.topk(A, wide, dim=1, largest=True, sorted=True)          # (b, wide)
+        top_v = top_v.float()
+        vk = top_v.gather(1, torch.tensor([[min(k, kmax) - 1] for k in ks], device=A.device))[:, 0]
+        if not bool(torch.isfinite(vk).all()):
+            return None
+        S16f = S16.float()
+        slack = (S.norm(dim=1) * self._scan_delta
+                 + ((S - S16f).norm(dim=1) + self.SCAN_ABS * S16f.norm(dim=1)) * self._scan_norm)   # (b,)
+        rel = self.SCAN_REL
+        floor = vk - slack - rel * vk.abs()  # k items of the row score at least this in float32
+        # an item can reach the floor iff a + slack + rel|a| >= floor; a + rel|a| is increasing
+        # in a, so that is one threshold per row on the bfloat16 scores (a hair lower for rounding)
+        y = floor - slack
+        thr = torch.where(y >= 0, y / (1 + rel), y / (1 - rel))
+        thr = thr - 1e-6 * (thr.abs() + slack)
+        if wide < A.shape[1] and bool((top_v[:, -1] >= thr).any()):
+            return None  # more items could reach the top k than the wide top-k holds
+        mask = top_v >= thr[:, None]                                 # (b, wide); -inf never
+        r_idx, pos = mask.nonzero(as_tuple=True)                     # row-major: rows in order
+        c_idx = top_i[r_idx, pos]
+        counts = torch.bincount(r_idx, minlength=b).tolist()
+        exact = (self.item_matrix[c_idx] * S[r_idx]).sum(dim=1)      # float32 scores of the rescored items
+        out, start = [], 0
+        for r, n in enumerate(counts):
+            seg, cols = exact[start:start + n], c_idx[start:start + n]
+            start += n
+            vals, pos = torch.topk(seg, min(ks[r], n), sorted=True)
+            out.append((vals.tolist(), cols[pos].tolist()))
+        return out
+
+    def _emit(self, out: list, i: int, p: _Prepared, vals: list[float], idx: list[int], fallback: bool) -> None:
+        ids = self.item_ids
+        pairs = [(ids[j], v) for v, j in zip(vals[:p.k], idx[:p.k]) if v != float("-inf") and j > 0]
+        out[i] = Recommendation(pairs, p.ignored_items, p.ignored_ops, p.ignored_candidates,
+                                "popularity" if fallback else None)
+
+    def recommend(self, events: Sequence[Event], k: int = 20, exclude: Iterable[Any] | None = None,
+                  candidates: Iterable[Any] | None = None, exclude_seen: bool = False) -> Recommendation:
+        """Top-k ``(item_id, score)`` for one session of ``(item_id, operation)`` events
+        (external ids), best first. ``exclude``: item ids never to return; ``candidates``:
+        rank only these item ids; ``exclude_seen``: also drop the session's own items."""
+        if candidates is not None and not isinstance(candidates, (str, bytes)):
+            candidates = list(candidates)
+        return self.recommend_batch([events], k, [exclude], [candidates], exclude_seen)[0]
 
 
 def parse_session(text: str) -> list[tuple[str, str]]:
@@ -150,3 +471,157 @@ def parse_session(text: str) -> list[tuple[str, str]]:
     if not events:
         raise ValueError("empty session: expected item:operation pairs separated by commas")
     return events
+
+
+# --------------------------------------------------------------------------------------------
+# offline batch scoring: a file of sessions in, JSONL out
+# --------------------------------------------------------------------------------------------
+
+SESSION_KEYS = ("session_id", "events", "k", "exclude", "candidates", "exclude_seen")
+
+
+@dataclass
+class SessionRequest:
+    """One session to score, as read from a file (external ids)."""
+
+    session_id: str
+    events: list[Event]
+    k: int | None = None
+    exclude: list[Any] | None = None
+    candidates: list[Any] | None = None
+    exclude_seen: bool | None = None
+
+
+def _jsonl_event(ev: Any, file: str, row: int, j: int) -> Event:
+    if isinstance(ev, dict):
+        extra = set(ev) - {"item_id", "operation"}
+        if "item_id" not in ev or extra:
+            raise DataError(f"event {j} must be {{\"item_id\": ..., \"operation\": ...}}"
+                            + (f", unknown key {sorted(extra)[0]!r}" if extra else ", item_id missing"),
+                            file=file, row=row, column="events")
+        return ev["item_id"], ev.get("operation")
+    if isinstance(ev, list) and len(ev) == 2:
+        return ev[0], ev[1]
+    raise DataError(f"event {j} is {ev!r}", file=file, row=row, column="events",
+                    expected='{"item_id": ..., "operation": ...} or [item_id, operation]')
+
+
+def _read_jsonl(path: Path) -> Iterable[SessionRequest]:
+    with open(path, encoding="utf-8") as fh:
+        for row, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"not valid JSON ({exc})", file=str(path), row=row,
+                                expected="one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise DataError("a line must be a JSON object", file=str(path), row=row,
+                                expected='{"events": [...], ...}')
+            extra = sorted(set(obj) - set(SESSION_KEYS))
+            if extra:
+                raise DataError(f"unknown key {extra[0]!r}", file=str(path), row=row, column=extra[0],
+                                expected=", ".join(SESSION_KEYS))
+            evs = obj.get("events")
+            if not isinstance(evs, list):
+                raise DataError("events missing or not a list", file=str(path), row=row, column="events",
+                                expected="a list of events")
+            k = obj.get("k")
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+                raise DataError(f"k is {k!r}", file=str(path), row=row, column="k", expected="an integer >= 1")
+            for name in ("exclude", "candidates"):
+                if obj.get(name) is not None and not isinstance(obj[name], list):
+                    raise DataError(f"{name} is not a list", file=str(path), row=row, column=name,
+                                    expected="a list of item ids")
+            seen = obj.get("exclude_seen")
+            if seen is not None and not isinstance(seen, bool):
+                raise DataError(f"exclude_seen is {seen!r}", file=str(path), row=row, column="exclude_seen",
+                                expected="true or false")
+            yield SessionRequest(str(obj.get("session_id", row)),
+                                 [_jsonl_event(e, str(path), row, j) for j, e in enumerate(evs)],
+                                 k, obj.get("exclude"), obj.get("candidates"), seen)
+
+
+def _read_csv(path: Path, session_col: str, item_col: str, op_col: str | None, separator: str) -> Iterable[SessionRequest]:
+    try:
+        df = pl.read_csv(path, infer_schema=False, separator=separator)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"cannot read CSV ({exc})", file=str(path)) from None
+    for col in (session_col, item_col) + ((op_col,) if op_col else ()):
+        if col not in df.columns:
+            raise DataError(f"no column {col!r} (columns: {', '.join(df.columns)})", file=str(path), column=col,
+                            expected="one event per row: session, item, operation")
+    for col in (session_col, item_col):
+        nulls = df[col].is_null()
+        if nulls.any():
+            raise DataError("empty value", file=str(path), row=int(nulls.arg_max()) + 1, column=col,
+                            expected="a non-empty id")
+    ops = pl.col(op_col) if op_col else pl.lit(None, dtype=pl.Utf8)
+    grouped = df.select(pl.col(session_col).alias("s"), pl.col(item_col).alias("i"), ops.alias("o")) \
+        .group_by("s", maintain_order=True).agg("i", "o")
+    for sid, items, ops_ in grouped.iter_rows():
+        yield SessionRequest(sid, list(zip(items, ops_)))
+
+
+def _read_text(path: Path) -> Iterable[SessionRequest]:
+    with open(path, encoding="utf-8") as fh:
+        for row, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield SessionRequest(str(row), parse_session(line))
+            except ValueError as exc:
+                raise DataError(str(exc), file=str(path), row=row) from None
+
+
+def read_sessions(path: str | Path, fmt: str | None = None, session_col: str = "session_id",
+                  item_col: str = "item_id", op_col: str | None = "operation",
+                  separator: str = ",") -> Iterable[SessionRequest]:
+    """Sessions from a file, lazily (JSONL line by line).
+
+    ``fmt`` (default: from the extension) is
+
+    * ``jsonl`` (.jsonl, .ndjson): one session per line, ``{"session_id": "s1", "events":
+      [{"item_id": "123", "operation": "click"}, ...], "k": 10, "exclude": [...],
+      "candidates": [...], "exclude_seen": false}``; only ``events`` is required (an event may
+      also be an ``[item_id, operation]`` pair); ``session_id`` defaults to the line number;
+    * ``csv`` (.csv, .tsv): one event per row, columns ``session_col``, ``item_col`` and
+      ``op_col`` (None: no operation column), events of a session in file order, sessions in
+      order of first appearance;
+    * ``text`` (anything else): one session per line as ``item:operation,item:operation``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such file", file=str(path))
+    if fmt is None:
+        ext = path.suffix.lower()
+        fmt = "jsonl" if ext in (".jsonl", ".ndjson") else "csv" if ext in (".csv", ".tsv") else "text"
+    if fmt == "jsonl":
+        return _read_jsonl(path)
+    if fmt == "csv":
+        return _read_csv(path, session_col, item_col, op_col, "\t" if path.suffix.lower() == ".tsv" else separator)
+    if fmt == "text":
+        return _read_text(path)
+    raise ValueError(f"unknown session file format {fmt!r}; valid: jsonl, csv, text")
+
+
+def recommend_requests(rec: Recommender, requests: Iterable[SessionRequest], k: int = 20,
+                       exclude_seen: bool = False, batch_size: int = 256) -> Iterable[dict]:
+    """Score ``requests`` in batches of ``batch_size``; yields one JSON-ready dict per session,
+    ``{"session_id", "items": [{"item_id", "score"}], "ignored_items", ...}``, in input order.
+    A request's own ``k`` / ``exclude_seen`` win over the arguments."""
+    def flush(chunk: list[SessionRequest]) -> list[dict]:
+        recs = rec.recommend_batch([r.events for r in chunk], [r.k or k for r in chunk],
+                                   [r.exclude for r in chunk], [r.candidates for r in chunk],
+                                   [exclude_seen if r.exclude_seen is None else r.exclude_seen for r in chunk])
+        return [{"session_id": r.session_id, **x.to_dict()} for r, x in zip(chunk, recs)]
+
+    chunk: list[SessionRequest] = []
+    for r in requests:
+        chunk.append(r)
+        if len(chunk) >= batch_size:
+            yield from flush(chunk)
+            chunk = []
+    if chunk:
+        yield from flush(chunk)
