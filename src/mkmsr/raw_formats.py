@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import polars as pl
 
 from .errors import ConfigError, DataError
@@ -111,13 +112,37 @@ def _parse(name: str, col: Col) -> tuple[pl.Expr, pl.Expr]:
     return val.alias(name), bad
 
 
-def scan_csv(path: Path, columns: dict[str, Col], extra: list[pl.Expr] | None = None) -> pl.DataFrame:
+def _fast(name: str, col: Col) -> tuple[pl.DataType, pl.Expr, pl.Expr | None]:
+    """(dtype the CSV reader parses natively, value expression, 'bad cell' expression or None)
+    for the fast path. Native integer parsing fails loudly on text; the rest is checked here."""
+    c = pl.col(name)
+    if col.kind == "int":
+        return pl.Int64, c, None
+    if col.kind == "float_int":
+        return pl.Float64, pl.when(c == c.floor()).then(c.cast(pl.Int64, strict=False)), c.is_not_null() & (c != c.floor())
+    if col.kind == "float":
+        return pl.Float64, c, c.is_not_null() & ~c.is_finite()
+    if col.kind == "datetime":
+        # the common shape "YYYY-MM-DD HH:MM:SS" takes the exact-format fast parser; a fraction
+        # (the JDATA files' ".0") is added from the rest, so "...:15.0" and "...:15" agree
+        head = c.str.slice(0, 19).str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="us", strict=False)
+        frac = pl.when(c.str.len_bytes() > 19).then(("0" + c.str.slice(19)).cast(pl.Float64, strict=False)) \
+            .otherwise(0.0)
+        val = head.dt.epoch("us").cast(pl.Float64) / 1e6 + frac
+        return pl.Utf8, val, c.is_not_null() & val.is_null()
+    # text: a quoted "" is an empty cell too (null where optional, an error where required)
+    blank = c.str.strip_chars() == ""
+    return pl.Utf8, pl.when(~blank).then(c), (blank.fill_null(False) if col.required else None)
+
+
+def scan_csv(path: Path, columns: dict[str, Col]) -> pl.DataFrame:
     """Stream ``path`` (a CSV with a header) into typed ``columns`` plus a 1-based ``__row``.
 
-    Every column of ``columns`` must be in the header; other columns are not read. ``extra``
-    expressions over the parsed columns are evaluated in the same streaming pass (e.g. to
-    derive a column and drop its source). Raises DataError naming file, row, column and the
-    expectation at the first malformed cell.
+    Every column of ``columns`` must be in the header; other columns are not read. Fast path:
+    the reader parses numbers natively and only the datetimes go through an expression; if it
+    meets anything unexpected (a parse failure, an empty required cell, a fraction in an
+    integer) the file is scanned again by the validating path, which finds the first bad cell
+    and raises DataError naming file, row, column and the expectation.
     """
     file = str(path)
     if not path.exists():
@@ -132,13 +157,32 @@ def scan_csv(path: Path, columns: dict[str, Col], extra: list[pl.Expr] | None = 
     if missing:
         raise DataError(f"missing column {missing[0]!r}; the file has columns {header}", file=file,
                         column=missing[0])
+    fast = {n: _fast(n, c) for n, c in columns.items()}
+    checks = [b for _, _, b in fast.values() if b is not None]
+    lf = (pl.scan_csv(path, schema_overrides={n: f[0] for n, f in fast.items()}, infer_schema=False,
+                      row_index_name="__row", row_index_offset=1)
+          .select(pl.col("__row").cast(pl.Int64), *[f[1].alias(n) for n, f in fast.items()],
+                  (pl.any_horizontal(checks) if checks else pl.lit(False)).alias("__bad")))
+    try:
+        df = lf.collect(engine="streaming")
+        ok = df.height > 0 and not df["__bad"].any() and all(
+            df[n].null_count() == 0 for n, c in columns.items() if c.required)
+    except pl.exceptions.PolarsError:
+        ok = False
+    if ok:
+        return df.drop("__bad")
+    log.debug("%s: fast scan met bad input; locating it", file)
+    return _validating_scan(path, columns)
+
+
+def _validating_scan(path: Path, columns: dict[str, Col]) -> pl.DataFrame:
+    """Read every column as text and parse it with a per-cell 'bad' flag: slow, exact."""
+    file = str(path)
     names = list(columns)
     parsed = [_parse(n, c) for n, c in columns.items()]
     bad_code = pl.coalesce([pl.when(b).then(pl.lit(i, pl.Int16)) for i, (_, b) in enumerate(parsed)])
     lf = (pl.scan_csv(path, infer_schema=False, row_index_name="__row", row_index_offset=1)
           .select(pl.col("__row").cast(pl.Int64), *[v for v, _ in parsed], bad_code.alias("__bad")))
-    if extra:
-        lf = lf.with_columns(extra)
     try:
         df = lf.collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
@@ -149,7 +193,7 @@ def scan_csv(path: Path, columns: dict[str, Col], extra: list[pl.Expr] | None = 
     if bad.height:
         row, i = int(bad["__row"][0]), int(bad["__bad"][0])
         name = names[i]
-        # the text of the bad cell: a second scan, paid only when the input is malformed
+        # the text of the bad cell: one more scan, paid only when the input is malformed
         cell = (pl.scan_csv(path, infer_schema=False, row_index_name="__row", row_index_offset=1)
                 .filter(pl.col("__row") == row).select(name).collect()[name][0])
         what = "empty value" if cell is None or not cell.strip() else f"cannot parse {cell!r}"
@@ -185,14 +229,25 @@ def cut_sessions(df: pl.DataFrame, gap: float) -> tuple[pl.DataFrame, pl.DataFra
     order) and without ``user``; ``keys`` maps each session number to ``"<user>#<n>"`` (n
     counts the user's sessions from 0).
     """
-    df = df.sort(["user", "time", "row"])
-    new = ((pl.col("user") != pl.col("user").shift(1)) | ((pl.col("time") - pl.col("time").shift(1)) > gap)
-           ).fill_null(True)
-    df = df.with_columns((new.cast(pl.Int64).cum_sum() - 1).alias("session"))
-    keys = (df.select("user", "session").unique("session", keep="first", maintain_order=True)
-            .with_columns(pl.col("session").cum_count().over("user").alias("n"))
-            .select("session", pl.format("{}#{}", "user", pl.col("n") - 1).alias("session_key")))
-    return df.drop("user"), keys
+    if df.select((pl.col("time").diff().fill_null(0) >= 0).all() & (pl.col("row").diff().fill_null(1) > 0).all()).item():
+        # a log in time order (the usual case): a stable sort by user keeps (time, row) order
+        df = df.sort("user", maintain_order=True)
+    else:
+        df = df.sort(["user", "time", "row"])
+    user = df["user"]
+    t = df["time"].to_numpy()
+    user_new = np.ones(df.height, dtype=bool)
+    user_new[1:] = (user.slice(1) != user.slice(0, df.height - 1)).to_numpy()
+    new = user_new.copy()
+    new[1:] |= np.diff(t) > gap
+    session = np.cumsum(new, dtype=np.int64) - 1
+    # n = index of the session within its user: session - the user's first session
+    first = np.maximum.accumulate(np.where(user_new, session, 0))
+    starts = np.nonzero(new)[0]
+    keys = pl.DataFrame({"session": session[starts], "user": user.gather(starts),
+                         "n": (session - first)[starts]}).select(
+        "session", pl.format("{}#{}", "user", "n").alias("session_key"))
+    return df.drop("user").with_columns(pl.Series("session", session)), keys
 
 
 def _events(df: pl.DataFrame) -> pl.DataFrame:
