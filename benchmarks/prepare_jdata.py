@@ -41,20 +41,24 @@ def main() -> None:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss * 1024  # kB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    load = os.getloadavg()[0]
     print(proc.stdout)
     if proc.returncode:
         print(proc.stderr, file=sys.stderr)
         raise SystemExit(proc.returncode)
     manifest = json.loads((out / "manifest.json").read_text())
-    res = {"rows": rows, "file_bytes": size, "wall_seconds": round(wall, 1), "peak_rss_bytes": peak,
+    res = {"rows": rows, "file_bytes": size, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+           "load_average_1min_at_end": load, "peak_rss_bytes": peak,
            "peak_rss_gib": round(peak / 2 ** 30, 2), "cpu_count": os.cpu_count(),
            "splits": {s: {k: v[k] for k in ("sessions", "events", "samples", "mean_session_length")}
                       for s, v in manifest["splits"].items()},
            "items": manifest["counts"]["items"], "triplets": manifest["counts"]["triplets"],
            "filtering": manifest["filtering"], "command": " ".join(cmd)}
-    print(f"prepared {rows:,} rows ({size / 1e9:.2f} GB) in {wall:.1f} s, peak memory {peak / 2 ** 30:.2f} GiB "
-          f"({os.cpu_count()} cores)")
+    print(f"prepared {rows:,} rows ({size / 1e9:.2f} GB) in {wall:.1f} s wall ({cpu:.1f} s CPU), peak memory "
+          f"{peak / 2 ** 30:.2f} GiB ({os.cpu_count()} cores; 1-min load average at the end {load:.1f})")
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(res, indent=2) + "\n")
     print(f"written {a.json}")

@@ -162,8 +162,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = _train_config(a, toml.get("train", {}))
     model_over = {**toml.get("model", {}), **_kv_pairs(a.model_opt, "--model-opt")}
     model = a.model or toml.get("model_name", "mkmsr")
-    m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
-              progress=not a.no_progress)
+    # launched by torchrun with several processes: one DDP rank (see mkmsr.distributed)
+    import os
+
+    from .distributed import from_env, shutdown
+    dist = from_env(os.environ, cfg.device)
+    try:
+        m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
+                  progress=not a.no_progress, dist=dist)
+    finally:
+        shutdown()
+    if dist is not None and not dist.is_main:
+        return 0
     rows = [{"what": "valid (selected epoch)", **m["valid"]}, {"what": "test (selected epoch)", **m["test"]},
             {"what": "test best-over-epochs*", **{k: v for k, v in m["test_best_over_epochs"].items() if "@" in k}}]
     print(format_table(rows, [("what", "")] + METRIC_COLUMNS[:-1]))

@@ -229,8 +229,19 @@ def cut_sessions(df: pl.DataFrame, gap: float) -> tuple[pl.DataFrame, pl.DataFra
     order) and without ``user``; ``keys`` maps each session number to ``"<user>#<n>"`` (n
     counts the user's sessions from 0).
     """
-    if df.select((pl.col("time").diff().fill_null(0) >= 0).all() & (pl.col("row").diff().fill_null(1) > 0).all()).item():
-        # a log in time order (the usual case): a stable sort by user keeps (time, row) order
+    n = df.height
+    in_time_order = df.select((pl.col("time").diff().fill_null(0) >= 0).all()
+                              & (pl.col("row").diff().fill_null(1) > 0).all()).item()
+    bits = max(1, n.bit_length())
+    if in_time_order and df["user"].dtype.is_integer() and n and df["user"].min() >= 0 \
+            and int(df["user"].max()) < (1 << (62 - bits)):
+        # a log in time order with integer users (JDATA): a stable sort by user keeps (time, row)
+        # order; as one int64 key (user, file position) it is a plain numpy sort, several times
+        # faster than a multi-column sort, and the low bits give the permutation
+        key = (df["user"].to_numpy().astype(np.int64) << bits) | np.arange(n, dtype=np.int64)
+        perm = np.sort(key) & ((1 << bits) - 1)
+        df = pl.DataFrame({c: df[c].to_numpy()[perm] for c in df.columns}, schema=df.schema)
+    elif in_time_order:
         df = df.sort("user", maintain_order=True)
     else:
         df = df.sort(["user", "time", "row"])
