@@ -87,7 +87,7 @@ def _latest(sid: np.ndarray, start: np.ndarray, fraction: float) -> np.ndarray:
     k = int(round(fraction * sid.size))
     if k <= 0:
         return sid[:0]
-    order = np.lexsort((sid, start[sid]))
+    order = np.argsort(start[sid], kind="stable")  # ``sid`` is ascending: ties stay in sid order
     return sid[order[-k:]]
 
 
@@ -99,9 +99,11 @@ def _session_index(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     join: their session number is the sid.
     """
     periods = ev["period"].unique()
-    if periods.len() == 1 and ev["session"].dtype.is_integer():
-        n = ev["session"].max() + 1 if ev.height else 0
-        if ev.height and ev["session"].min() == 0 and ev["session"].n_unique() == n:
+    if periods.len() == 1 and ev["session"].dtype.is_integer() and ev.height:
+        # dense session numbers 0..n-1 in order (what mkmsr.raw_formats writes): the sid as is
+        n = ev["session"].max() + 1
+        d = ev["session"].diff().slice(1)
+        if ev["session"][0] == 0 and (d.len() == 0 or (d.min() >= 0 and d.max() <= 1)):
             sess = pl.DataFrame({"sid": np.arange(n, dtype=np.int64)}).with_columns(
                 pl.lit(str(periods[0])).alias("period"), pl.col("sid").alias("session"))
             return ev.rename({"session": "sid"}).drop("period").with_columns(pl.col("sid").cast(pl.Int64)), sess
@@ -152,9 +154,11 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     n_sess = sess.height
     stats: dict = {"input_events": ev.height, "input_sessions": n_sess}
     sid_all = ev["sid"].to_numpy()
-    start = ev.group_by("sid").agg(pl.col("time").min()).sort("sid")
+    # events are ordered by (sid, time, row): a session starts at its first event
+    lens0 = np.bincount(sid_all, minlength=n_sess)
+    first0 = np.cumsum(lens0) - lens0
     start_time = np.full(n_sess, np.inf)
-    start_time[start["sid"].to_numpy()] = start["time"].to_numpy()
+    start_time[lens0 > 0] = ev["time"].to_numpy()[first0[lens0 > 0]]
     sess_period = sess["period"].to_numpy()
     clock("index")
 
@@ -282,8 +286,12 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     fit_count = np.zeros(n_items + 1, dtype=np.int64)
     fit_count[items_tbl["item_idx"].to_numpy()] = items_tbl["train_count"].to_numpy()
     keys = sess.select("sid", "session")
-    if raw.session_keys is not None:
-        keys = keys.join(raw.session_keys, on="session", how="left").select(
+    sk = raw.session_keys
+    if sk is not None and sk.height == n_sess and keys["session"].dtype == sk["session"].dtype \
+            and keys["session"].equals(sk["session"]):
+        keys = keys.with_columns(sk["session_key"].alias("session"))  # aligned row for row: no join
+    elif sk is not None:
+        keys = keys.join(sk, on="session", how="left").select(
             "sid", pl.coalesce("session_key", pl.col("session").cast(pl.Utf8)).alias("session"))
 
     arrays: dict[str, np.ndarray] = {"kg": kg_arr}
@@ -292,7 +300,7 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     split_stats = {}
     for k, s in enumerate(SPLITS):
         sids = np.nonzero(alive & (code == k))[0]
-        sids = sids[np.lexsort((sids, start_time[sids]))]
+        sids = sids[np.argsort(start_time[sids], kind="stable")]  # by start, ties by sid
         lens = lens_all[sids]
         offsets = np.zeros(sids.size + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
@@ -301,9 +309,9 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
         arrays[f"{s}.items"] = items
         arrays[f"{s}.ops"] = ev_ops[idx]
         arrays[f"{s}.offsets"] = offsets
-        tables[f"{s}.sessions"] = pl.DataFrame({"sid": sids}).join(keys, on="sid", how="left").select(
-            pl.col("session").cast(pl.Utf8).alias("session_key"), pl.Series("start", start_time[sids]),
-            pl.Series("length", lens.astype(np.int64)))
+        tables[f"{s}.sessions"] = pl.DataFrame({
+            "session_key": keys["session"].gather(sids).cast(pl.Utf8), "start": start_time[sids],
+            "length": lens.astype(np.int64)})
         split_stats[s] = _split_stats(items, offsets, fit_count)
     clock("splits")
 

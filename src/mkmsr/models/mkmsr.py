@@ -110,7 +110,10 @@ class MKMSR(SessionModel):
     def micro_behaviours(self, batch: Batch) -> torch.Tensor:
         """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR."""
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
-        h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))      # (B, N, d)
+        # sparse lookup gradient: the full-catalogue score already gives the table a dense one, and
+        # autograd adds the few looked-up rows into it instead of zero-filling a second table
+        nodes = F.embedding(g.nodes, self.item_embedding.weight, padding_idx=0, sparse=True)
+        h = self.ggnn(g.A_in, g.A_out, nodes)                             # (B, N, d)
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
         if not self.config.use_operations:
             return I
@@ -132,7 +135,7 @@ class MKMSR(SessionModel):
     def sr_loss(self, batch: Batch) -> torch.Tensor:
         """Softmax cross-entropy over the full catalogue (as the base class), fused: fewer passes
         over the (B, n_items) score matrix (see mkmsr.models.layers.full_softmax_ce)."""
-        return full_softmax_ce(self.encode(batch), self.item_embedding.weight[1:], batch.targets - 1)
+        return full_softmax_ce(self.encode(batch), self.item_embedding.weight, batch.targets)
 
     def triplet_scores(self, triplets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """(n, 3) int64 (head, relation, tail) -> (n,) TransH distances f(h, r, t).
