@@ -110,10 +110,7 @@ class MKMSR(SessionModel):
     def micro_behaviours(self, batch: Batch) -> torch.Tensor:
         """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR."""
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
-        # sparse lookup gradient: the full-catalogue score already gives the table a dense one, and
-        # autograd adds the few looked-up rows into it instead of zero-filling a second table
-        nodes = F.embedding(g.nodes, self.item_embedding.weight, padding_idx=0, sparse=True)
-        h = self.ggnn(g.A_in, g.A_out, nodes)                             # (B, N, d)
+        h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))      # (B, N, d)
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
         if not self.config.use_operations:
             return I
