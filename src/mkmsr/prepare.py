@@ -132,8 +132,8 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     Returns the artifact path. Raises DataError when a split ends up empty, ConfigError on bad
     options, FileExistsError when ``out`` exists and ``overwrite`` is false.
 
-    Works on integer session indices and numpy gathers throughout (no string keys per event),
-    so a 37M-event log prepares in about a minute within a few GB (docs/performance.md).
+    Works on integer session indices and numpy gathers throughout (no string keys per event):
+    docs/performance.md has the time and memory of a 37M-event log.
     """
     config = config or PrepareConfig()
     config.validate()
