@@ -82,10 +82,19 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from .prepare import PrepareConfig, prepare
     from .sources import ColumnMap, read_generic, read_jdata_demo
 
+    raw_format = None
+    if a.format not in ("jdata-demo", "csv", "parquet"):
+        from . import raw_formats
+
+        raw_format = raw_formats.get_format(a.format)
+    # the paper's item filter (>= 3) is the default of the raw public formats, 1 elsewhere
+    min_item_count = a.min_item_count if a.min_item_count is not None else (
+        raw_format.min_item_count if raw_format else 1)
     cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
-                        min_item_count=a.min_item_count, valid_fraction=a.valid_fraction,
+                        min_item_count=min_item_count, valid_fraction=a.valid_fraction,
                         test_fraction=a.test_fraction)
     cfg.validate()
+    gap = parse_duration(a.session_gap) if a.session_gap is not None else None
     if a.format == "jdata-demo":
         if not a.source:
             raise ConfigError("--format jdata-demo needs --source DIR")
@@ -97,11 +106,12 @@ def cmd_prepare(a: argparse.Namespace) -> int:
                          session=a.session_col, user=a.user_col, time_format=a.time_format)
         relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
         raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
-                           relations, a.valid_events, a.test_events, parse_duration(a.session_gap),
+                           relations, a.valid_events, a.test_events, 3600.0 if gap is None else gap,
                            a.format, a.separator)
     else:
-        from . import raw_formats  # noqa: F401  (registered by the raw-data loaders)
-        raw = raw_formats.read(a.format, a)
+        if not a.source:
+            raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
+        raw = raw_formats.read(a.format, a.source, gap)
     out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
     from .fsutil import read_json
 
@@ -152,8 +162,18 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = _train_config(a, toml.get("train", {}))
     model_over = {**toml.get("model", {}), **_kv_pairs(a.model_opt, "--model-opt")}
     model = a.model or toml.get("model_name", "mkmsr")
-    m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
-              progress=not a.no_progress)
+    # launched by torchrun with several processes: one DDP rank (see mkmsr.distributed)
+    import os
+
+    from .distributed import from_env, shutdown
+    dist = from_env(os.environ, cfg.device)
+    try:
+        m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
+                  progress=not a.no_progress, dist=dist)
+    finally:
+        shutdown()
+    if dist is not None and not dist.is_main:
+        return 0
     rows = [{"what": "valid (selected epoch)", **m["valid"]}, {"what": "test (selected epoch)", **m["test"]},
             {"what": "test best-over-epochs*", **{k: v for k, v in m["test_best_over_epochs"].items() if "@" in k}}]
     print(format_table(rows, [("what", "")] + METRIC_COLUMNS[:-1]))
@@ -302,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("prepare", help="raw logs + item knowledge -> a prepared dataset directory")
-    s.add_argument("--format", required=True, help="jdata-demo | csv | parquet (| raw formats, see docs)")
+    s.add_argument("--format", required=True,
+                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox "
+                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
     s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo and raw formats)")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
     s.add_argument("--knowledge", help="knowledge file: item, relation, value per row")
@@ -314,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--session-col", help="events column with the session key")
     s.add_argument("--user-col", help="events column with the user id (sessions cut by --session-gap)")
     s.add_argument("--time-format", help="strftime format of the time column (default: seconds or auto)")
-    s.add_argument("--session-gap", default="1h", help="inactivity that starts a new session (default 1h)")
+    s.add_argument("--session-gap", help="inactivity that starts a new session (default 1h; jdata2017 30m; "
+                   "kkbox counts rows: 2000)")
     s.add_argument("--kg-item-col", default="item_id")
     s.add_argument("--kg-relation-col", default="relation")
     s.add_argument("--kg-value-col", default="value")
@@ -323,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cold-start", choices=["drop", "keep"], default="drop",
                    help="test items unseen in training: drop them, or keep those with knowledge (default drop)")
     s.add_argument("--min-session-length", type=int, default=2)
-    s.add_argument("--min-item-count", type=int, default=1)
+    s.add_argument("--min-item-count", type=int,
+                   help="items seen fewer times in the training period are removed (default 1; raw formats 3)")
     s.add_argument("--valid-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.1)
     s.add_argument("--out", required=True, help="output directory")

@@ -5,9 +5,11 @@ Every reader returns a :class:`RawData` whose ``events`` table has the canonical
 =========  ========  ==============================================================
 column     dtype     meaning
 =========  ========  ==============================================================
-session    str       session key, unique within its ``period``
-item       str       external item id (as the user's data spells it)
-op         str       external operation id
+session    str       session key, unique within its ``period`` (raw formats: Int64,
+                     with readable keys in ``RawData.session_keys``)
+item       str       external item id (as the user's data spells it; raw formats may
+                     keep an integer dtype, the knowledge's ``item`` then has the same)
+op         str       external operation id (raw formats may keep an integer code)
 time       f64       a clock: unix seconds, or the row number where there is no time
 row        i64       1-based data row in its file (ties in ``time`` keep file order)
 period     str       ``train`` / ``valid`` / ``test`` where the files say so, ``all``
@@ -47,6 +49,9 @@ class RawData:
     source: dict = field(default_factory=dict)
     # Name of the knowledge file, for error messages raised later.
     knowledge_file: str | None = None
+    # Optional (session, session_key) table: the readable key of each session where ``events``
+    # carry a compact Int64 session number (raw formats, see mkmsr.raw_formats).
+    session_keys: pl.DataFrame | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ click      another item of the same category (any brand)
 cart       an item of the same brand in another category
 order      an item of the *complementary* category (category + 1)
 favorite   the same item again (repeat consumption)
+comment    an item of the same shop (only with ``n_operations=5``)
 =========  =================================================================
 
 with a small share of random jumps. Within a group, items are drawn by a Zipf popularity, so
@@ -42,6 +43,15 @@ OP_TRANSITIONS = np.array([
     [0.45, 0.30, 0.15, 0.10],
 ])
 OP_START = np.array([0.6, 0.2, 0.05, 0.15])
+# five operations as in JDATA (click, cart, order, favorite, comment), for jdata_scale()
+OP_TRANSITIONS5 = np.array([
+    [0.52, 0.19, 0.09, 0.14, 0.06],
+    [0.33, 0.24, 0.28, 0.10, 0.05],
+    [0.55, 0.18, 0.05, 0.14, 0.08],
+    [0.43, 0.28, 0.14, 0.10, 0.05],
+    [0.60, 0.15, 0.10, 0.10, 0.05],
+])
+OP_START5 = np.array([0.58, 0.19, 0.05, 0.14, 0.04])
 
 
 @dataclass
@@ -59,7 +69,16 @@ class SyntheticConfig:
     cold_share: float = 0.3        # in test-period sessions, share of next items drawn from cold items
     zipf: float = 0.6              # popularity exponent (flat enough that the group, not a few hits, matters)
     test_fraction: float = 0.1
+    n_operations: int = 4          # 4 (click, cart, order, favorite) or 5 (+ comment: same shop)
     seed: int = 0
+
+
+def jdata_scale(**overrides) -> SyntheticConfig:
+    """The paper's JDATA(N) at full size (Table 1): 455k sessions, 139k items of which 3.3% appear
+    only in the test period, 5 operations, 4 relations, mean session length 5.4."""
+    return SyntheticConfig(**{"n_sessions": 455_481, "n_items": 134_548, "n_cold_items": 4_551,
+                              "n_categories": 400, "n_brands": 6_000, "n_shops": 4_000, "n_years": 12,
+                              "mean_length": 5.4, "n_operations": 5, "cold_share": 0.05, "zipf": 0.5, **overrides})
 
 
 def _group_sampler(keys: np.ndarray, weights: np.ndarray, n_keys: int):
@@ -91,6 +110,11 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pl.DataFrame, pl.Da
     knowledge: item_id, relation, value for relations category, brand, shop, year.
     """
     c = config or SyntheticConfig()
+    if c.n_operations not in (4, 5):
+        raise ValueError(f"n_operations must be 4 or 5, got {c.n_operations}")
+    n_ops = c.n_operations
+    op_names = OPERATIONS + ("comment",) if n_ops == 5 else OPERATIONS
+    trans, op_start = (OP_TRANSITIONS5, OP_START5) if n_ops == 5 else (OP_TRANSITIONS, OP_START)
     rng = np.random.default_rng(c.seed)
     n_all = c.n_items + c.n_cold_items
     cat = rng.integers(0, c.n_categories, n_all)
@@ -106,6 +130,7 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pl.DataFrame, pl.Da
     by_brand = _group_sampler(brand, warm_w, c.n_brands)
     cold_by_cat = _group_sampler(cat, cold_w, c.n_categories)
     cold_by_brand = _group_sampler(brand, cold_w, c.n_brands)
+    by_shop = _group_sampler(shop, warm_w, c.n_shops) if n_ops == 5 else None
     warm_p = warm_w / warm_w.sum()
 
     S = c.n_sessions
@@ -116,23 +141,24 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pl.DataFrame, pl.Da
     items = np.zeros((S, L), dtype=np.int64)
     ops = np.zeros((S, L), dtype=np.int64)
     items[:, 0] = rng.choice(n_all, S, p=warm_p)
-    ops[:, 0] = rng.choice(4, S, p=OP_START)
-    cum_t = np.cumsum(OP_TRANSITIONS, axis=1)
+    ops[:, 0] = rng.choice(n_ops, S, p=op_start)
+    cum_t = np.cumsum(trans, axis=1)
     for t in range(1, L):
         prev, o = items[:, t - 1], ops[:, t - 1]
         c_same, c_comp = cat[prev], (cat[prev] + 1) % c.n_categories
         nxt = np.where(o == 0, by_cat(c_same, rng, prev),
               np.where(o == 1, by_brand(brand[prev], rng, prev),
-              np.where(o == 2, by_cat(c_comp, rng, prev), prev)))
+              np.where(o == 2, by_cat(c_comp, rng, prev),
+              np.where(o == 4, by_shop(shop[prev], rng, prev) if by_shop else prev, prev))))
         # cold items enter only test-period sessions, through the same attribute-driven rules
-        cold = late & (rng.random(S) < c.cold_share) & (o != 3)
+        cold = late & (rng.random(S) < c.cold_share) & (o != 3) & (o != 4)
         cold_pick = np.where(o == 1, cold_by_brand(brand[prev], rng, nxt),
                              cold_by_cat(np.where(o == 2, c_comp, c_same), rng, nxt))
         nxt = np.where(cold, cold_pick, nxt)
         noise = rng.random(S) < c.noise
         nxt = np.where(noise, rng.choice(n_all, S, p=warm_p), nxt)
         items[:, t] = nxt
-        ops[:, t] = (rng.random(S)[:, None] > cum_t[o]).sum(axis=1).clip(0, 3)
+        ops[:, t] = (rng.random(S)[:, None] > cum_t[o]).sum(axis=1).clip(0, n_ops - 1)
     mask = np.arange(L)[None, :] < lengths[:, None]
     sess_idx = np.nonzero(mask)[0]
     pos = np.nonzero(mask)[1]
@@ -141,7 +167,7 @@ def generate(config: SyntheticConfig | None = None) -> tuple[pl.DataFrame, pl.Da
         pl.format("s{}", "s").alias("session_id"),
         (pl.col("s") % max(1, S // 3)).alias("user_id"),
         pl.format("i{}", "i").alias("item_id"),
-        pl.col("o").replace_strict(list(range(4)), list(OPERATIONS), return_dtype=pl.Utf8).alias("operation"),
+        pl.col("o").replace_strict(list(range(n_ops)), list(op_names), return_dtype=pl.Utf8).alias("operation"),
         "timestamp")
     knowledge = pl.DataFrame({
         "i": np.repeat(np.arange(n_all), 4),

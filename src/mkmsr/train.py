@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from .evaluate import evaluate
 from .fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from .models import build_model, make_config
 from .models.base import SessionModel
+
+if TYPE_CHECKING:
+    from .distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +176,21 @@ class Trainer:
     """
 
     def __init__(self, data: PreparedData, model_name: str, model_overrides: dict | None = None,
-                 config: TrainConfig | None = None, out_dir: str | Path | None = None, progress: bool = True):
+                 config: TrainConfig | None = None, out_dir: str | Path | None = None, progress: bool = True,
+                 dist: "DistContext | None" = None):
         self.data = data
+        # multi-process (DDP) training: see mkmsr.distributed for what each rank does
+        self.dist = dist
+        self.main = dist is None or dist.is_main
         self.model_name = model_name
         self.model_config = make_config(model_name, model_overrides)
         self.config = config or TrainConfig()
         self.config.validate()
         self.out_dir = Path(out_dir) if out_dir else None
-        self.progress = progress
+        self.progress = progress and self.main
         self.device = resolve_device(self.config.device)
+        if dist is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", dist.local_rank)
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------------------------------
@@ -211,7 +220,8 @@ class Trainer:
                 "dataset_sha256": self.data.content_hash, "mkmsr_version": __version__}
 
     def _eval(self, model: SessionModel, split: str) -> dict:
-        return evaluate(model, self.data, split, self.config.eval_batch_size, self.config.max_len, self.device)
+        return evaluate(model, self.data, split, self.config.eval_batch_size, self.config.max_len, self.device,
+                        dist=self.dist)
 
     # ------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
@@ -224,9 +234,11 @@ class Trainer:
             if (out / "state").exists() and not resume and not overwrite:
                 raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it "
                                       "or overwrite=True (--overwrite) to start again")
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", self._run_config())
+            if self.main:
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(out / "config.json", self._run_config())
         model = self._build()
+        dist = self.dist
         if not model.trainable:
             return self._finish(model, best_epoch=0, epochs_run=0, stopped_early=False, t_train=0.0)
         opt, kg_opt, sched = self._optimizers(model)
@@ -253,6 +265,11 @@ class Trainer:
         margin = model.uses_knowledge and getattr(model.config, "kg_loss", "squared") == "margin"
         sparse = c.kg_optimizer == "sparse"
         select = c.select_metric
+        if dist is not None:
+            from .distributed import wrap_sr_loss
+
+            dist.broadcast_parameters(model)
+            ddp = wrap_sr_loss(model, dist, self.device)
 
         from tqdm.auto import tqdm
 
@@ -267,17 +284,27 @@ class Trainer:
             bar = tqdm(total=n_batches, desc=f"{self.model_name} epoch {epoch}", disable=not self.progress,
                        leave=False, unit="batch")
             for step, idx in enumerate(batch_order(n, c.batch_size, rng, lengths, c.bucket)):
+                if dist is not None:
+                    if idx.size < dist.world:  # a last batch too small to give every rank a sample
+                        continue
+                    idx = dist.shard(idx)  # this rank's slice of the global batch
                 b = make_batch(arr, sess[idx], prefix[idx], c.max_len)
                 if joint:
                     trip, w = kgs.batch_triplets(b)
                 b = b.to(self.device)
-                loss = model.sr_loss(b)
-                sr_sum += float(loss.detach())
-                if joint and trip.shape[0]:
-                    kl = model.kg_loss(torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device))
-                    kg_sum += float(kl.detach())
-                    kg_steps += 1
-                    loss = loss + c.kg_weight * kl / len(b)
+                if dist is not None:
+                    # DDP averages the slices' mean-loss gradients: the global batch's gradient
+                    loss = ddp(b, *((torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device),
+                                     c.kg_weight) if joint and trip.shape[0] else ()))
+                    sr_sum += float(loss.detach())
+                else:
+                    loss = model.sr_loss(b)
+                    sr_sum += float(loss.detach())
+                    if joint and trip.shape[0]:
+                        kl = model.kg_loss(torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device))
+                        kg_sum += float(kl.detach())
+                        kg_steps += 1
+                        loss = loss + c.kg_weight * kl / len(b)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -286,7 +313,14 @@ class Trainer:
                     neg = torch.from_numpy(kgs.corrupt_tails(trip, rng)).to(self.device) if margin else None
                     kl = model.kg_loss(torch.from_numpy(trip).to(self.device), corrupt_tails=neg, sparse=sparse)
                     kg_opt.zero_grad(set_to_none=True)
-                    (c.kg_weight * kl).backward()
+                    if dist is None:
+                        (c.kg_weight * kl).backward()
+                    else:
+                        # every rank takes this same step; autograd.grad keeps it clear of DDP's
+                        # gradient hooks, which belong to the SR step
+                        ps = [p for g in kg_opt.param_groups for p in g["params"]]
+                        for p_, g_ in zip(ps, torch.autograd.grad(c.kg_weight * kl, ps, allow_unused=True)):
+                            p_.grad = g_
                     kg_opt.step()
                     kg_sum += float(kl.detach())
                     kg_steps += 1
@@ -294,6 +328,8 @@ class Trainer:
             bar.close()
             if sched is not None:
                 sched.step()
+            if dist is not None:
+                dist.broadcast_parameters(model)  # rank 0's weights everywhere: no drift can accumulate
             t_train = time.perf_counter() - t0
             state["train_seconds"] += t_train
             valid = self._eval(model, "valid")
@@ -305,11 +341,14 @@ class Trainer:
                    "valid": valid, "test": test}
             self.history.append(rec)
             improved = valid[select] > state["best"]
+            if dist is not None:  # rank 0 decides (the gathered metrics agree anyway)
+                improved = dist.broadcast_object(improved)
             if improved:
                 state["best"], state["best_epoch"], state["bad_epochs"] = valid[select], epoch, 0
                 if out is not None:
-                    save_checkpoint(out / "best", model, self.model_name, self.data,
-                                    {"epoch": epoch, "valid": valid, "train_config": dataclasses.asdict(c)})
+                    if self.main:
+                        save_checkpoint(out / "best", model, self.model_name, self.data,
+                                        {"epoch": epoch, "valid": valid, "train_config": dataclasses.asdict(c)})
                 else:
                     self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
@@ -321,15 +360,20 @@ class Trainer:
                      rec["sr_loss"], select, valid[select],
                      f" test {select} {test[select]:.3f}" if test else "", rec["train_samples_per_s"],
                      " *" if improved else "")
-            if out is not None:
+            if out is not None and self.main:
                 self._save_state(model, opt, kg_opt, sched, state)
+            if dist is not None:
+                state["stopped_early"] = dist.broadcast_object(state["stopped_early"])
 
         # restore the validation-selected weights
-        if out is not None:
-            best = torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True)
-        else:
-            best = self._best_state
-        model.load_state_dict(best)
+        if self.main:
+            if out is not None:
+                best = torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True)
+            else:
+                best = self._best_state
+            model.load_state_dict(best)
+        if dist is not None:
+            dist.broadcast_parameters(model)
         return self._finish(model, state["best_epoch"], state["epoch"], state["stopped_early"], state["train_seconds"])
 
     # ------------------------------------------------------------------------------------------
@@ -378,7 +422,7 @@ class Trainer:
                                     if self.history else None),
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
         }
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.main:
             if not model.trainable:
                 save_checkpoint(self.out_dir / "best", model, self.model_name, self.data, {"epoch": 0, "valid": valid})
             write_json(self.out_dir / "metrics.json", metrics)
@@ -433,11 +477,15 @@ class Trainer:
 
 def train(data: PreparedData | str | Path, model: str = "mkmsr", out_dir: str | Path | None = None,
           config: TrainConfig | None = None, model_overrides: dict | None = None, resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict:
-    """Train ``model`` on a prepared dataset; returns the metrics dict (also in out_dir/metrics.json)."""
+          overwrite: bool = False, progress: bool = True, dist: "DistContext | None" = None) -> dict:
+    """Train ``model`` on a prepared dataset; returns the metrics dict (also in out_dir/metrics.json).
+
+    ``dist``: this process's place in a DDP process group (see :mod:`mkmsr.distributed`).
+    """
     if not isinstance(data, PreparedData):
         data = PreparedData(data)
-    return Trainer(data, model, model_overrides, config, out_dir, progress).fit(resume=resume, overwrite=overwrite)
+    return Trainer(data, model, model_overrides, config, out_dir, progress, dist).fit(resume=resume,
+                                                                                     overwrite=overwrite)
 
 
 def load_train_config(d: dict) -> TrainConfig:

@@ -34,7 +34,7 @@ from torch import nn
 from ..batching import Batch
 from ..dataset import DatasetSpec
 from .base import SessionModel
-from .layers import GGNN, SoftAttention, TransH, session_graph
+from .layers import GGNN, SoftAttention, TransH, full_softmax_ce, session_graph, unique_rows
 
 
 @dataclass
@@ -148,11 +148,16 @@ class MKMSR(SessionModel):
         V = self.item_embeddings()
         return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def _scored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(session vectors (B, d) ready for a dot product, item vectors (n_items + 1, d))."""
         V = self.scoring_vectors()
         s = self.encode(batch, V)
         if self.config.scoring == "cosine":
             s = self.config.score_scale * F.normalize(s, dim=-1)
+        return s, V
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        s, V = self._scored(batch)
         return s @ V[1:].T
 
     def entity_table(self) -> torch.Tensor:
@@ -169,10 +174,13 @@ class MKMSR(SessionModel):
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
         if not self.config.use_operations:
             return I
-        o0 = self.op_embedding(batch.ops)                                 # (B, L, d)
+        # The GRU sees only the operation sequence, over a handful of operation types, so many
+        # prefixes of a batch share it: run the GRU once per distinct sequence, then gather.
+        ops, inverse = unique_rows(batch.ops)                             # (U, L), (B,)
+        o0 = self.op_embedding(ops)                                       # (U, L, d)
         h0 = o0[:, 0] if self.config.op_h0 == "first" else torch.zeros_like(o0[:, 0])
-        O, _ = self.op_gru(o0, h0[None].contiguous())                     # (B, L, d)
-        return torch.cat([I, O], dim=-1)
+        O, _ = self.op_gru(o0, h0[None].contiguous())                     # (U, L, d)
+        return torch.cat([I, O[inverse]], dim=-1)
 
     def encode(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
         M = self.micro_behaviours(batch, V)
@@ -180,6 +188,12 @@ class MKMSR(SessionModel):
         last = M[torch.arange(B, device=M.device), batch.lengths - 1]     # m_L (B, m)
         s_g, _ = self.attention(M, last, batch.mask)
         return self.W3(torch.cat([last, s_g], dim=-1))                    # (B, d)
+
+    def sr_loss(self, batch: Batch) -> torch.Tensor:
+        """Softmax cross-entropy over the full catalogue (as the base class), fused: fewer passes
+        over the (B, n_items) score matrix (see mkmsr.models.layers.full_softmax_ce)."""
+        s, V = self._scored(batch)
+        return full_softmax_ce(s, V, batch.targets)
 
     def triplet_scores(self, triplets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """(n, 3) int64 (head, relation, tail) -> (n,) TransH distances f(h, r, t).
