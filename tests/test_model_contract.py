@@ -102,3 +102,18 @@ def test_unknown_model_lists_valid_ones(planted_data):
         build_model("nope", PreparedData(planted_data).spec)
     with pytest.raises(ConfigError, match="no option 'colour'"):
         build_model("mkmsr", PreparedData(planted_data).spec, {"colour": 1})
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_recommender_ranks_like_score(name, trained):
+    """The server's cached item side ranks exactly as model.score (e.g. cosine scoring)."""
+    tr, _, out = trained(name)
+    rec = Recommender.load(out, scan="float32")
+    model = rec.model
+    for items in (["it1", "it2"], ["it5"], ["it7", "it7", "it3"]):
+        got = [i for i, _ in rec.recommend([(i, "view") for i in items], k=5).items]
+        idx = [rec.item_index[i] for i in items]
+        with torch.no_grad():
+            s = model.score(batch_from_sequences([idx], [[1] * len(idx)]))[0]
+        want = [rec.item_ids[j] for j in torch.topk(s, 5).indices.tolist()]
+        assert got == want, (name, items, got, want)

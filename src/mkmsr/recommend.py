@@ -154,7 +154,7 @@ class Recommender:
         self.popularity = pop.to(self.device)  # (n_items + 1,) fallback scores
         self.max_len = max_len
         try:
-            mat = model.item_embeddings().detach()
+            mat = model.candidate_vectors().detach()
             self.item_matrix: torch.Tensor | None = mat.to(self.device, torch.float32).contiguous()
         except NotImplementedError:
             self.item_matrix = None
@@ -329,7 +329,7 @@ class Recommender:
     def _score_rows(self, prep: list[_Prepared], rows: list[int], out: list) -> None:
         batch = batch_from_sequences([p.items for p in prep], [p.ops for p in prep]).to(self.device)
         if self.item_matrix is not None:
-            session_vecs = self.model.encode(batch).float()          # (b, d)
+            session_vecs = self.model.session_vectors(batch).float()  # (b, d)
             self._rank(prep, rows, out, session_vecs, fallback=False)
         else:
             scores = self.model.score(batch).float()                 # (b, n_items + 1)

@@ -3,6 +3,8 @@
 Every model answers:
 
 * ``score(batch) -> (B, n_items + 1)``: a score for every item_idx; column 0 (padding) is -inf.
+  Embedding models score by a dot product ``session_vectors(batch) @ candidate_vectors().T``
+  (by default ``encode`` and ``item_embeddings``), which servers use to cache the item side.
 * ``sr_loss(batch) -> scalar``: the session-recommendation loss L_S of a batch with targets.
 * ``kg_loss(triplets, weights=None) -> scalar`` when ``uses_knowledge``: the summed TransH
   loss L_K of (head, relation, tail) entity triplets.
@@ -73,10 +75,18 @@ class SessionModel(nn.Module):
             if lo < 1 or hi > self.spec.n_items:
                 raise ValueError(f"target index out of range [1, {self.spec.n_items}]: got {lo}..{hi}")
 
+    def candidate_vectors(self) -> torch.Tensor:
+        """(n_items + 1, d) vectors such that ``score = session_vectors(batch) @ candidate_vectors().T``
+        (row 0 = padding). Default: ``item_embeddings()``. Servers cache this matrix."""
+        return self.item_embeddings()
+
+    def session_vectors(self, batch: Batch) -> torch.Tensor:
+        """(B, d) the session side of that dot product. Default: ``encode(batch)``."""
+        return self.encode(batch)
+
     def logits(self, batch: Batch) -> torch.Tensor:
         """(B, n_items) scores of item_idx 1..n_items (column j is item j + 1)."""
-        s = self.encode(batch)
-        return s @ self.item_embeddings()[1:].T
+        return self.session_vectors(batch) @ self.candidate_vectors()[1:].T
 
     def score(self, batch: Batch) -> torch.Tensor:
         self.check_batch(batch)

@@ -140,21 +140,54 @@ class MKMSR(SessionModel):
         E = self.item_embedding.weight
         if self.config.item_repr == "id":
             return E
-        vals = self.attr_embedding.weight[self.attr_value] * self.attr_weight[:, None]
-        return E.index_add(0, self.attr_item, vals)
+        # one sparse (n_items + 1, n_attributes) x dense product: ~5x faster on CPU than a gather
+        # plus index_add, whose backward is a slow accumulate
+        return E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight)
+
+    def _attribute_matrix(self) -> torch.Tensor:
+        """The (n_items + 1, n_attribute_rows) sparse mean-of-attributes matrix, built from the
+        buffers once per buffer instance (so a load or a device move rebuilds it)."""
+        key = (self.attr_item.data_ptr(), self.attr_item.device, self.attr_item.numel())
+        cache = getattr(self, "_attr_cache", None)
+        if cache is None or cache[0] != key:
+            idx = torch.stack([self.attr_item, self.attr_value])
+            S = torch.sparse_coo_tensor(idx, self.attr_weight, (self.spec.n_items + 1, self.attr_embedding.num_embeddings),
+                                        check_invariants=False).coalesce()
+            self._attr_cache = cache = (key, S)
+        return cache[1]
 
     def scoring_vectors(self) -> torch.Tensor:
-        """(n_items + 1, d) the item vectors used as GGNN input and for scoring."""
+        """(n_items + 1, d) the item vectors used as GGNN input and for scoring. Without autograd
+        (evaluation, serving) they are computed once per parameter version and reused."""
+        if torch.is_grad_enabled():
+            return self._scoring_vectors()
+        E = self.item_embedding.weight
+        key = (E._version, E.data_ptr(), self.attr_embedding.weight._version, E.device)
+        cache = getattr(self, "_vec_cache", None)
+        if cache is None or cache[0] != key:
+            self._vec_cache = cache = (key, self._scoring_vectors())
+        return cache[1]
+
+    def _scoring_vectors(self) -> torch.Tensor:
         V = self.item_embeddings()
         return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
+
+    def candidate_vectors(self) -> torch.Tensor:
+        return self.scoring_vectors()
+
+    def session_vectors(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) session vectors ready for the dot product with ``candidate_vectors()``."""
+        if V is None:
+            V = self.scoring_vectors()
+        s = self.encode(batch, V)
+        if self.config.scoring == "cosine":
+            s = self.config.score_scale * F.normalize(s, dim=-1)
+        return s
 
     def _scored(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(session vectors (B, d) ready for a dot product, item vectors (n_items + 1, d))."""
         V = self.scoring_vectors()
-        s = self.encode(batch, V)
-        if self.config.scoring == "cosine":
-            s = self.config.score_scale * F.normalize(s, dim=-1)
-        return s, V
+        return self.session_vectors(batch, V), V
 
     def logits(self, batch: Batch) -> torch.Tensor:
         s, V = self._scored(batch)
