@@ -48,6 +48,8 @@ class MKMSRConfig:
     op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
     kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
     kg_margin: float = 1.0         # margin gamma of the margin loss
+    repeat_bias: bool = False      # add a learned bias per operation to the score of items already in the
+                                   # session, summed over their occurrences (repeat consumption; not in the paper)
     kg_passes: float = 1.0         # passes over all triplets per epoch in alternating training (sets the
                                    # KG batch size unless the training config gives one)
     init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
@@ -89,6 +91,8 @@ class MKMSR(SessionModel):
         self.W3 = nn.Linear(2 * m, d, bias=config.w3_bias)
         if config.use_knowledge:
             self.transh = TransH(spec.n_relations, d, config.init_std)
+        if config.repeat_bias:
+            self.repeat_weight = nn.Parameter(torch.zeros(spec.n_ops))  # per operation; index 0 = padding
         if config.scoring not in ("dot", "cosine"):
             raise ValueError(f"scoring must be 'dot' or 'cosine', got {config.scoring!r}")
         if config.item_repr == "id+attributes":
@@ -120,6 +124,8 @@ class MKMSR(SessionModel):
         # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
         bound = 1.0 / self.config.dim ** 0.5
         for name, p in self.named_parameters():
+            if name == "repeat_weight":
+                continue  # starts at 0: no repeat preference until the data shows one
             if self.config.init == "paper" and name.startswith(
                     ("item_embedding.", "attr_embedding.", "op_embedding.", "transh.")):
                 nn.init.normal_(p, 0.0, std)
@@ -173,6 +179,9 @@ class MKMSR(SessionModel):
         return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
 
     def candidate_vectors(self) -> torch.Tensor:
+        if self.config.repeat_bias:
+            # scores add a per-session bonus: a cached item matrix alone cannot reproduce them
+            raise NotImplementedError("scores include a per-session repeat bonus; use score()")
         return self.scoring_vectors()
 
     def session_vectors(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
@@ -191,7 +200,19 @@ class MKMSR(SessionModel):
 
     def logits(self, batch: Batch) -> torch.Tensor:
         s, V = self._scored(batch)
-        return s @ V[1:].T
+        lg = s @ V[1:].T
+        bonus = self.session_bonus(batch)
+        if bonus is not None:
+            idx, val = bonus
+            lg = lg.scatter_add(1, (idx - 1).clamp(min=0), val)  # padding positions add 0
+        return lg
+
+    def session_bonus(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``repeat_bias``: (item_idx (B, L), bonus (B, L)): every micro-behaviour adds the
+        learned bias of its operation to its item's score (0 on padding). Else None."""
+        if not self.config.repeat_bias:
+            return None
+        return batch.items, self.repeat_weight[batch.ops] * batch.mask
 
     def entity_table(self) -> torch.Tensor:
         """(n_entities, d): the shared entity embedding table (row = entity_idx)."""
@@ -226,7 +247,8 @@ class MKMSR(SessionModel):
         """Softmax cross-entropy over the full catalogue (as the base class), fused: fewer passes
         over the (B, n_items) score matrix (see mkmsr.models.layers.full_softmax_ce)."""
         s, V = self._scored(batch)
-        return full_softmax_ce(s, V, batch.targets)
+        bonus = self.session_bonus(batch)
+        return full_softmax_ce(s, V, batch.targets, *(bonus or (None, None)))
 
     def triplet_scores(self, triplets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """(n, 3) int64 (head, relation, tail) -> (n,) TransH distances f(h, r, t).
