@@ -407,11 +407,15 @@ def tsne(X: np.ndarray, perplexity: float = 30.0, iters: int = 750, seed: int = 
     return Y.numpy()
 
 
-def neighbour_purity(E: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
-    """Share of each point's k nearest neighbours (cosine, in the original space) with its label."""
-    X = torch.nn.functional.normalize(torch.as_tensor(E, dtype=torch.float32), dim=1)
-    S = X @ X.T
-    S.fill_diagonal_(-2.0)
+def neighbour_purity(E: np.ndarray, labels: np.ndarray, k: int = 10, metric: str = "cosine") -> float:
+    """Share of each point's k nearest neighbours (``cosine`` or ``euclidean``) with its label."""
+    X = torch.as_tensor(E, dtype=torch.float32)
+    if metric == "cosine":
+        X = torch.nn.functional.normalize(X, dim=1)
+        S = X @ X.T
+    else:
+        S = -torch.cdist(X, X)
+    S.fill_diagonal_(-float("inf"))
     nn_idx = S.topk(k, dim=1).indices.numpy()
     return float((labels[nn_idx] == labels[:, None]).mean())
 
