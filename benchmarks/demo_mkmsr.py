@@ -15,6 +15,8 @@ beside the paper's Table 2 figures, plus Hit@20 on cold-target test samples and 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import statistics
@@ -34,6 +36,20 @@ PAPER = {"Demo": {"hit@20": 24.623, "mrr@20": 9.642}, "Demo(N)": {"hit@20": 15.1
 TARGET = {"Demo": (24.6, 9.6), "Demo(N)": (15.1, 6.4)}
 
 
+@contextlib.contextmanager
+def cpu_lock(path):
+    """Hold an exclusive flock on ``path`` (shared with other benchmarks on this machine)."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ms(vals):
     m = statistics.fmean(vals)
     s = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -49,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--docs", default=str(ROOT / "docs"))
+    p.add_argument("--lock", default=None, help="hold this file lock (flock) during each run, e.g. /tmp/mkmsr-cpu.lock")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(a.work)
@@ -62,8 +79,9 @@ def main(argv=None) -> int:
         for seed in range(a.seeds):
             run = work / f"{a.model}-{policy}-seed{seed}"
             if not (run / "metrics.json").exists():
-                train(data, a.model, run, TrainConfig(seed=seed, epochs=a.epochs, threads=a.threads),
-                      progress=False, overwrite=True)
+                with cpu_lock(a.lock):
+                    train(data, a.model, run, TrainConfig(seed=seed, epochs=a.epochs, threads=a.threads),
+                          progress=False, overwrite=True)
             runs.append(json.loads((run / "metrics.json").read_text()))
         results[name] = runs
     seconds = time.perf_counter() - t_all

@@ -111,3 +111,25 @@ def test_kg_loss_sums_triplet_scores():
     assert torch.allclose(m.kg_loss(trip, sparse=True), m.kg_loss(trip))
     w = torch.tensor([1.0, 2.0, 0.0])
     assert torch.allclose(m.kg_loss(trip, w), (m.triplet_scores(trip) * w).sum())
+
+
+def test_attribute_composed_items_and_cosine_scoring():
+    from mkmsr.models.mkmsr import MKMSR, MKMSRConfig
+
+    class Data:  # the two things fit_statistics reads
+        import numpy as _np
+        kg = _np.array([[1, 0, 11], [1, 1, 13], [2, 0, 12]])
+    torch.manual_seed(0)
+    m = MKMSR(MKMSRConfig(dim=8, item_repr="id+attributes", scoring="cosine", score_scale=5.0), SPEC)
+    m.fit_statistics(Data)
+    E, A = m.item_embedding.weight, m.attr_embedding.weight
+    V = m.item_embeddings()
+    assert torch.allclose(V[1], E[1] + (A[0] + A[2]) / 2)  # entity 11 -> attribute row 0, 13 -> row 2
+    assert torch.allclose(V[2], E[2] + A[1])
+    assert torch.allclose(V[3], E[3])  # no knowledge: its own embedding
+    b = Batch(torch.tensor([[1, 2]]), torch.tensor([[1, 2]]), torch.tensor([2]))
+    lg = m.logits(b)
+    s = m.encode(b, torch.nn.functional.normalize(V, dim=-1))
+    cos = torch.nn.functional.cosine_similarity(s, V[1:], dim=-1)
+    assert torch.allclose(lg[0], 5.0 * cos, atol=1e-5)
+    assert lg.abs().max() <= 5.0 + 1e-5

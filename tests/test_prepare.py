@@ -171,3 +171,14 @@ def test_not_a_prepared_dataset(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DataError, match="unsupported"):
         PreparedData(tmp_path)
+
+
+def test_parquet_input_and_user_gap_sessions(tmp_path):
+    import polars as pl
+    df = pl.DataFrame({"user": [f"u{u}" for u in range(30) for _ in range(4)],
+                       "item": [f"i{(u + t) % 6}" for u in range(30) for t in range(4)],
+                       "op": ["v"] * 120, "ts": [u * 86400.0 + t * 60 for u in range(30) for t in range(4)]})
+    df.write_parquet(tmp_path / "ev.parquet")
+    raw = read_generic(tmp_path / "ev.parquet", ColumnMap(item="item", op="op", time="ts", user="user"))
+    d = PreparedData(prepare(raw, tmp_path / "art"))
+    assert sum(d.manifest["splits"][s]["sessions"] for s in ("train", "valid", "test")) == 30

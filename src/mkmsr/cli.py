@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="synthetic data -> prepare -> train MKM-SR and variants -> results table")
     s.add_argument("--out", help="working directory (default: a temporary one)")
-    s.add_argument("--models", default="mkmsr,m-sr,km-sr")
+    s.add_argument("--models", default="mkmsr,mkmsr+,m-sr,km-sr")
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=0)

@@ -2,8 +2,9 @@
 
 Generates sessions whose next item depends on the operation and on item attributes (with
 cold-start items in the test period, known only through knowledge), prepares them with the
-``keep`` cold-start policy, trains MKM-SR and its knowledge-free (M-SR) and operation-free
-(KM-SR) variants with validation-selected epochs, and prints a results table.
+``keep`` cold-start policy, trains the faithful MKM-SR, the improved MKM-SR+ (attribute-composed
+item vectors, cosine scoring), and MKM-SR's knowledge-free (M-SR) and operation-free (KM-SR)
+variants with validation-selected epochs, and prints a results table.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 def run_demo(out: str | Path | None = None, models: list[str] | None = None, epochs: int = 8, seed: int = 0,
              progress: bool = True, threads: int = 0, synthetic: SyntheticConfig | None = None) -> list[dict]:
     """Run the demo; returns one row of results per model (also written to OUT/results.json)."""
-    models = models or ["mkmsr", "m-sr", "km-sr"]
+    models = models or ["mkmsr", "mkmsr+", "m-sr", "km-sr"]
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="mkmsr-demo-")

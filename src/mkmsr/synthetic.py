@@ -49,15 +49,15 @@ class SyntheticConfig:
     n_sessions: int = 4000
     n_items: int = 1500            # warm items
     n_cold_items: int = 150        # items that appear only in the test period
-    n_categories: int = 24
-    n_brands: int = 40
+    n_categories: int = 12
+    n_brands: int = 30
     n_shops: int = 30
     n_years: int = 8
     mean_length: float = 5.4       # mean micro-behaviours per session (>= 2)
     max_length: int = 60
-    noise: float = 0.08            # share of random next items
+    noise: float = 0.05            # share of random next items
     cold_share: float = 0.3        # in test-period sessions, share of next items drawn from cold items
-    zipf: float = 1.1              # popularity exponent within a group
+    zipf: float = 0.6              # popularity exponent (flat enough that the group, not a few hits, matters)
     test_fraction: float = 0.1
     seed: int = 0
 

@@ -60,7 +60,7 @@ class TrainConfig:
     kg_weight: float = 1e-4          # lambda_1 (paper)
     strategy: str = "alternate"      # alternate (Eq. 15) | joint (Eq. 16) | pretrain
     alternate_every: int = 1         # SR steps between two KG steps
-    kg_batch_size: int = 0           # triplets per KG step; 0 = one pass over all triplets per epoch
+    kg_batch_size: int = 0           # triplets per KG step; 0 = the model's kg_passes (default 1) per epoch
     kg_optimizer: str = "sparse"     # sparse: own row-wise Adam for KG steps | shared | separate (dense)
     pretrain_epochs: int = 10        # passes over the triplets for strategy=pretrain
     patience: int = 5                # epochs without validation improvement before stopping
@@ -248,7 +248,8 @@ class Trainer:
         n_batches = math.ceil(n / c.batch_size)
         alternate = kgs is not None and c.strategy == "alternate" and kgs.n > 0
         joint = kgs is not None and c.strategy == "joint" and kgs.n > 0
-        kg_bs = c.kg_batch_size or (math.ceil(kgs.n / max(1, n_batches // c.alternate_every)) if kgs else 0)
+        passes = float(getattr(model.config, "kg_passes", 1.0))
+        kg_bs = c.kg_batch_size or (math.ceil(passes * kgs.n / max(1, n_batches // c.alternate_every)) if kgs else 0)
         margin = model.uses_knowledge and getattr(model.config, "kg_loss", "squared") == "margin"
         sparse = c.kg_optimizer == "sparse"
         select = c.select_metric

@@ -48,9 +48,16 @@ class MKMSRConfig:
     op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
     kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
     kg_margin: float = 1.0         # margin gamma of the margin loss
+    kg_passes: float = 1.0         # passes over all triplets per epoch in alternating training (sets the
+                                   # KG batch size unless the training config gives one)
     init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
     init: str = "paper"            # paper: embeddings N(0, init_std) | srgnn: all U(-1/sqrt(d), 1/sqrt(d))
     w3_bias: bool = False          # Eq. 8 has no bias; SR-GNN's final linear map has one
+    item_repr: str = "id"          # id = paper | id+attributes: item vector = own embedding + mean of
+                                   # its attribute-value embeddings (cold-start improvement, not in the paper)
+    scoring: str = "dot"           # dot = s^T i_j (authors' code) | cosine = scale * cos(s, i_j), items
+                                   # also normalised at the GGNN input (NISER, Gupta et al. 2019)
+    score_scale: float = 16.0      # the scale of cosine scoring (NISER's sigma)
 
 
 class MKMSR(SessionModel):
@@ -63,6 +70,8 @@ class MKMSR(SessionModel):
             raise ValueError(f"op_h0 must be 'first' or 'zeros', got {config.op_h0!r}")
         if config.init not in ("paper", "srgnn"):
             raise ValueError(f"init must be 'paper' or 'srgnn', got {config.init!r}")
+        if config.item_repr not in ("id", "id+attributes"):
+            raise ValueError(f"item_repr must be 'id' or 'id+attributes', got {config.item_repr!r}")
         if config.kg_loss not in ("squared", "margin"):
             raise ValueError(f"kg_loss must be 'squared' or 'margin', got {config.kg_loss!r}")
         # One entity index space (items 1..n_items, then attribute values), stored as two blocks:
@@ -80,7 +89,32 @@ class MKMSR(SessionModel):
         self.W3 = nn.Linear(2 * m, d, bias=config.w3_bias)
         if config.use_knowledge:
             self.transh = TransH(spec.n_relations, d, config.init_std)
+        if config.scoring not in ("dot", "cosine"):
+            raise ValueError(f"scoring must be 'dot' or 'cosine', got {config.scoring!r}")
+        if config.item_repr == "id+attributes":
+            # (item_idx, attribute row, 1/#attributes of the item) for every knowledge triplet;
+            # filled by fit_statistics, sized by the checkpoint on load
+            self.register_buffer("attr_item", torch.zeros(0, dtype=torch.long))
+            self.register_buffer("attr_value", torch.zeros(0, dtype=torch.long))
+            self.register_buffer("attr_weight", torch.zeros(0))
         self._init(config.init_std)
+
+    def fit_statistics(self, data) -> None:
+        if self.config.item_repr != "id+attributes":
+            return
+        kg = torch.from_numpy(data.kg.astype("int64"))
+        heads = kg[:, 0]
+        per_item = torch.bincount(heads, minlength=self.spec.n_items + 1).clamp(min=1)
+        self.attr_item = heads.to(self.attr_item.device)
+        self.attr_value = (kg[:, 2] - (self.spec.n_items + 1)).to(self.attr_item.device)
+        self.attr_weight = (1.0 / per_item[heads].float()).to(self.attr_item.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the attribute buffers are data-sized: take the checkpoint's sizes before copying
+        for name in ("attr_item", "attr_value", "attr_weight"):
+            if prefix + name in state_dict and hasattr(self, name):
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _init(self, std: float) -> None:
         # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
@@ -101,16 +135,37 @@ class MKMSR(SessionModel):
         return self.config.use_knowledge and self.spec.n_relations > 0
 
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_embedding.weight
+        """(n_items + 1, d) item vectors: the item's own embedding, plus (item_repr=id+attributes)
+        the mean embedding of its attribute values."""
+        E = self.item_embedding.weight
+        if self.config.item_repr == "id":
+            return E
+        vals = self.attr_embedding.weight[self.attr_value] * self.attr_weight[:, None]
+        return E.index_add(0, self.attr_item, vals)
+
+    def scoring_vectors(self) -> torch.Tensor:
+        """(n_items + 1, d) the item vectors used as GGNN input and for scoring."""
+        V = self.item_embeddings()
+        return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        V = self.scoring_vectors()
+        s = self.encode(batch, V)
+        if self.config.scoring == "cosine":
+            s = self.config.score_scale * F.normalize(s, dim=-1)
+        return s @ V[1:].T
 
     def entity_table(self) -> torch.Tensor:
         """(n_entities, d): the shared entity embedding table (row = entity_idx)."""
         return torch.cat([self.item_embedding.weight, self.attr_embedding.weight[: self.spec.n_entities - self.spec.n_items - 1]])
 
-    def micro_behaviours(self, batch: Batch) -> torch.Tensor:
-        """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR."""
+    def micro_behaviours(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR.
+        ``V``: the item vectors (default ``item_embeddings()``)."""
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
-        h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))      # (B, N, d)
+        if V is None:
+            V = self.item_embeddings()
+        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))           # (B, N, d)
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
         if not self.config.use_operations:
             return I
@@ -119,8 +174,8 @@ class MKMSR(SessionModel):
         O, _ = self.op_gru(o0, h0[None].contiguous())                     # (B, L, d)
         return torch.cat([I, O], dim=-1)
 
-    def encode(self, batch: Batch) -> torch.Tensor:
-        M = self.micro_behaviours(batch)
+    def encode(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
+        M = self.micro_behaviours(batch, V)
         B = M.shape[0]
         last = M[torch.arange(B, device=M.device), batch.lengths - 1]     # m_L (B, m)
         s_g, _ = self.attention(M, last, batch.mask)
