@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..batching import Batch
@@ -99,9 +100,11 @@ class MGGNNx2SR(MKMSR):
         self.op_ggnn = GGNN(config.dim, config.gnn_steps, config.gnn_mode)
         self._init(config.init_std)
 
-    def micro_behaviours(self, batch: Batch) -> torch.Tensor:
+    def micro_behaviours(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
-        h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))
+        if V is None:
+            V = self.item_embeddings()
+        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))      # (B, L, d)
         go = session_graph(batch.ops, batch.lengths, self.config.edge_weight)
         ho = self.op_ggnn(go.A_in, go.A_out, self.op_embedding(go.nodes))
