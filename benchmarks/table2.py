@@ -173,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--extra-models", default="", help="more registered models (e.g. the lead's improved MKM-SR)")
     p.add_argument("--skip", default="", help="phases to skip, e.g. curves,map,seeds")
     p.add_argument("--docs", default=str(ROOT / "docs"))
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the docs from the runs finished so far")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     work = Path(a.work)
@@ -194,21 +196,23 @@ def main(argv=None) -> int:
           + [m for m in models if m not in bm.SIMPLE_MODELS + bm.TABLE2_MODELS])
     g2 = [m for m in models if m in ("km-sr", "m-sr", "sr-gnn")]
     for group in (g1, g2, [m for m in models if m not in g1 + g2]):
-        bm.run_benchmark(work, datasets, group, 1, train, lock=a.lock, on_progress=say)
+        if not a.report_only:
+            bm.run_benchmark(work, datasets, group, 1, train, lock=a.lock, on_progress=say)
     # phase 3: the experiments on Demo(N)
     curve = "Demo(N)"
     if "curves" not in skip:
         bm.run_strategies(work, curve, datasets[curve], "km-sr", ("alternate", "joint", "pretrain"), a.curve_seeds,
-                          train, a.lock, say)
+                          train, a.lock, say, train=not a.report_only)
         # the sweep uses the SR Adam for the knowledge steps too: with the default separate (sparse)
         # Adam the update does not depend on the loss scale, so lambda_1 would be (almost) inert
         bm.run_lambda_sweep(work, curve, datasets[curve], "mkmsr", (1e-5, 1e-4, 1e-3, 1e-2, 1e-1), a.curve_seeds,
-                            train, a.lock, say, extra={"kg_optimizer": "shared"})
-    if "map" not in skip:
+                            train, a.lock, say, extra={"kg_optimizer": "shared"}, train=not a.report_only)
+    mk_run = bm.RunSpec(curve, datasets[curve], "mkmsr", 0).run_dir(work)
+    if "map" not in skip and (mk_run / "best" / "model.json").exists():
         bm.embedding_map(work, datasets[curve], bm.RunSpec(curve, datasets[curve], "mkmsr", 0).run_dir(work),
                          lock=a.lock)
     # phase 4: more seeds
-    if "seeds" not in skip and a.seeds > 1:
+    if "seeds" not in skip and a.seeds > 1 and not a.report_only:
         bm.run_benchmark(work, datasets, models, a.seeds, train, lock=a.lock, on_progress=say)
     res = bm.collect_results(work, datasets, models, a.seeds, train,
                              {(l, m): read_json(work / "tuning" / l / f"{m}.json")["best"]
@@ -299,6 +303,9 @@ def write_doc(a, work: Path, datasets: dict, models: list[str], res: dict, figs:
               "| strategy | selected epoch | valid MRR@20 | test Hit@20 (val-selected) | test MRR@20 (val-selected) | valid MRR@20 per epoch |",
               "| --- | --- | --- | --- | --- | --- |"]
         for name, r in st["strategies"].items():
+            if not r["runs"]:
+                L.append(f"| {name} | not run | | | | |")
+                continue
             ep = [x["best_epoch"] for x in r["runs"]]
             v = bm.mean_std([x["valid"]["mrr@20"] for x in r["runs"]])
             h = bm.mean_std([x["selected"]["hit@20"] for x in r["runs"]])
@@ -314,14 +321,17 @@ def write_doc(a, work: Path, datasets: dict, models: list[str], res: dict, figs:
         vals = {}
         for l in lj["lambdas"]:
             r = lj["runs"][f"lambda1={l:g}"]["runs"]
+            if not r:
+                L.append(f"| {l:g} | not run | | | | |")
+                continue
             v = bm.mean_std([x["valid"]["mrr@20"] for x in r])
             vals[l] = (v[0], bm.mean_std([x["selected"]["mrr@20"] for x in r])[0])
             L.append(f"| {l:g} | {[x['best_epoch'] for x in r]} | {bm.fmt_ms(v)} | "
                      f"{bm.fmt_ms(bm.mean_std([x['selected']['hit@20'] for x in r]))} | "
                      f"{bm.fmt_ms(bm.mean_std([x['selected']['mrr@20'] for x in r]))} | "
                      f"{bm.fmt_ms(bm.mean_std([x['best_over_epochs']['mrr@20'] for x in r]))} |")
-        best_valid = max(vals, key=lambda l: vals[l][0])
-        spread = max(v[1] for v in vals.values()) - min(v[1] for v in vals.values())
+        best_valid = max(vals, key=lambda l: vals[l][0]) if vals else float("nan")
+        spread = (max(v[1] for v in vals.values()) - min(v[1] for v in vals.values())) if vals else float("nan")
         L += ["", f"Best λ1 by validation MRR@20: {best_valid:g} (paper: 1e-4). Spread of test MRR@20 "
                   f"(validation-selected) over the sweep: {spread:.2f} points (paper: about 1%).", "",
               "![lambda](figures/fig5_lambda1.png)", ""]

@@ -120,11 +120,14 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
 
 
 def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | None = None,
-            progress: bool = False) -> tuple[dict, bool]:
-    """Train one run unless an identical finished one exists. Returns (metrics, trained_now)."""
+            progress: bool = False, train: bool = True) -> tuple[dict | None, bool]:
+    """Train one run unless an identical finished one exists. Returns (metrics, trained_now);
+    with ``train=False`` only a finished run is read ((None, False) when there is none)."""
     rd = spec.run_dir(out)
     if _same_run(rd, spec, data):
         return read_json(rd / "metrics.json"), False
+    if not train:
+        return None, False
     resume = (rd / "state" / "trainer.json").exists() and (rd / "config.json").exists()
     if resume:
         saved = read_json(rd / "config.json")
@@ -297,7 +300,8 @@ def results_markdown(results: dict, paper: dict | None = None) -> str:
 
 def run_variants(out: str | Path, label: str, data_path: str | Path, model: str,
                  variants: dict[str, dict], seeds: int = 1, train_overrides: dict | None = None,
-                 lock: str | Path | None = None, on_progress: Callable[[str], None] | None = None) -> dict:
+                 lock: str | Path | None = None, on_progress: Callable[[str], None] | None = None,
+                 train: bool = True) -> dict:
     """Train ``model`` once per variant (name -> TrainConfig overrides) and seed; return each
     run's per-epoch curves and final metrics. A variant equal to the table's settings uses the
     table's run directory (so it is not trained twice)."""
@@ -313,7 +317,10 @@ def run_variants(out: str | Path, label: str, data_path: str | Path, model: str,
             variant = "" if merged == base else name
             spec = RunSpec(label, data.path, model, seed, {}, merged, variant)
             t = time.perf_counter()
-            m, fresh = run_one(out, spec, data, lock)
+            m, fresh = run_one(out, spec, data, lock, train=train)
+            if m is None:
+                say(f"{label} {model} {name} seed {seed}: not run")
+                continue
             say(f"{label} {model} {name} seed {seed}: {'trained in %.0fs' % (time.perf_counter() - t) if fresh else 'done before'};"
                 f" valid MRR@20 {m['valid']['mrr@20']:.2f}, test MRR@20 {m['test']['mrr@20']:.2f}")
             logp = spec.run_dir(out) / "log.jsonl"
@@ -330,17 +337,18 @@ def run_variants(out: str | Path, label: str, data_path: str | Path, model: str,
 
 
 def run_strategies(out, label, data_path, model="km-sr", strategies=("alternate", "joint", "pretrain"),
-                   seeds=1, train_overrides=None, lock=None, on_progress=None) -> dict:
+                   seeds=1, train_overrides=None, lock=None, on_progress=None, train: bool = True) -> dict:
     """Fig. 3: one run per knowledge-training strategy; writes ``OUT/strategies.json``."""
     res = run_variants(out, label, data_path, model, {s: {"strategy": s} for s in strategies}, seeds,
-                       {"strategy": "alternate", **(train_overrides or {})}, lock, on_progress)
+                       {"strategy": "alternate", **(train_overrides or {})}, lock, on_progress, train)
     doc = {"dataset": label, "model": model, "seeds": seeds, "strategies": res}
     write_json(Path(out) / "strategies.json", doc)
     return doc
 
 
 def run_lambda_sweep(out, label, data_path, model="mkmsr", lambdas=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                     seeds=1, train_overrides=None, lock=None, on_progress=None, extra: dict | None = None) -> dict:
+                     seeds=1, train_overrides=None, lock=None, on_progress=None, extra: dict | None = None,
+                     train: bool = True) -> dict:
     """Fig. 5: one run per lambda_1 (``kg_weight``); writes ``OUT/lambda.json``.
 
     ``extra``: training overrides for every point of the sweep (not for the table's runs), e.g.
@@ -351,7 +359,7 @@ def run_lambda_sweep(out, label, data_path, model="mkmsr", lambdas=(1e-5, 1e-4, 
     default = TrainConfig().kg_weight
     res = run_variants(out, label, data_path, model,
                        {f"lambda1={l:g}": {"kg_weight": l, **(extra or {})} for l in lambdas},
-                       seeds, {"kg_weight": default, **(train_overrides or {})}, lock, on_progress)
+                       seeds, {"kg_weight": default, **(train_overrides or {})}, lock, on_progress, train)
     doc = {"dataset": label, "model": model, "seeds": seeds, "lambdas": list(lambdas), "extra": extra or {},
            "runs": res}
     write_json(Path(out) / "lambda.json", doc)
