@@ -132,6 +132,9 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     if resume:
         saved = read_json(rd / "config.json")
         resume = saved.get("train_config") == dataclasses.asdict(spec.train_config())
+    # a metrics.json left from an older configuration must not outlive this run's config.json
+    # (the Trainer rewrites config.json first; an interruption would pair it with stale metrics)
+    (rd / "metrics.json").unlink(missing_ok=True)
     with cpu_lock(lock):
         tr = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress)
         try:
