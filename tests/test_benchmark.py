@@ -107,3 +107,21 @@ def test_tsne_separates_clusters():
     Y = bm.tsne(X, perplexity=10, iters=500)
     assert Y.shape == (120, 2) and bm.neighbour_purity(Y, lab, metric="euclidean") > 0.95
     assert bm.separation_ratio(X, lab) > 3
+
+
+def test_interrupted_rerun_never_pairs_new_config_with_old_metrics(planted_data, tmp_path, monkeypatch):
+    data = PreparedData(planted_data)
+    old = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1})
+    bm.run_one(tmp_path, old, data)
+    new = bm.RunSpec("planted", data.path, "fpmc", 0, {"n_negatives": 7}, {"epochs": 1})
+
+    def crash(self, *a, **k):
+        from mkmsr.fsutil import write_json
+        write_json(self.out_dir / "config.json", self._run_config())   # what fit() writes first
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bm.Trainer, "fit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_one(tmp_path, new, data)
+    monkeypatch.undo()
+    assert not bm._same_run(new.run_dir(tmp_path), new, data)
+    assert not (new.run_dir(tmp_path) / "metrics.json").exists()
