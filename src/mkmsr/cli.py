@@ -285,6 +285,46 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(a: argparse.Namespace) -> int:
+    from .benchmark import (embedding_map, make_figures, parse_datasets, run_benchmark, run_lambda_sweep,
+                            run_strategies)
+    from .models import model_names
+
+    datasets = parse_datasets(a.data)
+    models = [m.strip() for m in a.models.split(",") if m.strip()] if a.models is not None else model_names()
+    train_over = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("threads", a.threads),
+                                    ("max_len", a.max_len)) if v is not None}
+    say = (lambda msg: print(msg, flush=True)) if not a.no_progress else None
+    out = Path(a.out)
+    if models:
+        res = run_benchmark(out, datasets, models, a.seeds, train_over, tune=not a.no_tune, lock=a.lock,
+                            on_progress=say)
+        print((out / "results.md").read_text())
+        if not res["datasets"]:
+            return 1
+    curve_label = a.curve_data or list(datasets)[-1]
+    if curve_label not in datasets:
+        raise ConfigError(f"--curve-data {curve_label!r} is not one of the --data labels {list(datasets)}")
+    if a.strategies:
+        run_strategies(out, curve_label, datasets[curve_label], a.strategy_model, a.strategies.split(","),
+                       a.curve_seeds, train_over, a.lock, say)
+    if a.lambdas:
+        run_lambda_sweep(out, curve_label, datasets[curve_label], a.lambda_model,
+                         [float(x) for x in a.lambdas.split(",")], a.curve_seeds, train_over, a.lock, say)
+    if a.embedding_map:
+        from .benchmark import RunSpec
+        run = RunSpec(curve_label, datasets[curve_label], "mkmsr", 0).run_dir(out)
+        if not (run / "best" / "model.json").exists():
+            raise ConfigError(f"--embedding-map needs the mkmsr seed-0 run on {curve_label} ({run}): "
+                              "include mkmsr in --models")
+        embedding_map(out, datasets[curve_label], run, a.map_relation, lock=a.lock)
+    if not a.no_figures:
+        for f in make_figures(out, a.figures):
+            print(f"figure: {f}")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
@@ -434,6 +474,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cold-items", type=int, default=150)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("benchmark", help="models x prepared datasets x seeds -> results table (+ the paper's "
+                       "strategy / lambda_1 / embedding-map experiments and figures)")
+    s.add_argument("--data", nargs="+", required=True, metavar="DIR[=LABEL]", help="prepared dataset directories")
+    s.add_argument("--models", help="comma-separated models (default: every registered one; '' = none)")
+    s.add_argument("--seeds", type=int, default=5, help="seeds per trainable model (count-based models run once)")
+    s.add_argument("--out", required=True, help="benchmark directory (runs, tuning, results, figures); "
+                   "finished runs in it are not redone")
+    s.add_argument("--epochs", type=int, help="maximum epochs per run (default 30)")
+    s.add_argument("--patience", type=int, help="early-stopping patience (default 5)")
+    s.add_argument("--max-len", dest="max_len", type=int, help="keep only the latest N micro-behaviours")
+    s.add_argument("--threads", type=int, help="torch CPU threads per run")
+    s.add_argument("--no-tune", action="store_true", help="count-based models keep their defaults "
+                   "(default: a small grid chosen on validation MRR@20)")
+    s.add_argument("--strategies", help="e.g. alternate,joint,pretrain: Fig. 3 learning curves")
+    s.add_argument("--strategy-model", default="km-sr")
+    s.add_argument("--lambdas", help="e.g. 1e-5,1e-4,1e-3,1e-2,1e-1: Fig. 5 lambda_1 sweep")
+    s.add_argument("--lambda-model", default="mkmsr")
+    s.add_argument("--curve-data", help="label of the dataset for strategies / lambdas / map (default: the last)")
+    s.add_argument("--curve-seeds", type=int, default=1, help="seeds per strategy / lambda_1 value (default 1)")
+    s.add_argument("--embedding-map", action="store_true", help="Fig. 4: t-SNE of item embeddings by category")
+    s.add_argument("--map-relation", help="relation that colours the map (default: the one named like 'cat*')")
+    s.add_argument("--lock", help="flock this file around every run (shared machines)")
+    s.add_argument("--figures", help="figure directory (default OUT/figures)")
+    s.add_argument("--no-figures", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no per-run progress lines")
+    s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("models", help="list the registered models")
     s.set_defaults(func=lambda a: (print("\n".join(__import__("mkmsr.models", fromlist=["x"]).model_names())), 0)[1])

@@ -11,7 +11,18 @@ from typing import Any
 from ..dataset import DatasetSpec
 from ..errors import ConfigError
 from .base import SessionModel
+from .fpmc import FPMC
+from .gru4rec import GRU4Rec
+from .itemknn import ItemKNN
 from .mkmsr import MKMSR, MKMSRConfig
+from .mvariants import MGGNNx2SR, MicroBehaviourSR
+from .narm import NARM
+from .pop import Pop
+from .rib import RIB
+from .spop import SPop
+from .stamp import STAMP
+from .stan import STAN
+from .vsknn import VSKNN
 
 #: name -> (class, config overrides that define the variant)
 MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
@@ -25,6 +36,22 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr+": (MKMSR, {"item_repr": "id+attributes", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
+    # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)
+    "fpmc": (FPMC, {}),
+    "gru4rec-bpr": (GRU4Rec, {"loss": "bpr"}),
+    "gru4rec-ce": (GRU4Rec, {"loss": "ce"}),
+    "narm": (NARM, {}),
+    "stamp": (STAMP, {}),
+    "rib": (RIB, {}),
+    "m-gru-sr": (MicroBehaviourSR, {"encoder": "gru"}),
+    "m-ggnn-sr": (MicroBehaviourSR, {"encoder": "ggnn"}),
+    "m-ggnnx2-sr": (MGGNNx2SR, {"use_knowledge": False}),
+    # count-based baselines the paper lacks (fitted on the train split, tuned on validation)
+    "pop": (Pop, {}),
+    "s-pop": (SPop, {}),
+    "item-knn": (ItemKNN, {}),
+    "v-sknn": (VSKNN, {}),
+    "stan": (STAN, {}),
 }
 
 

@@ -1,0 +1,127 @@
+"""`mkmsr benchmark` on a tiny dataset: the table, resume, tuning on validation only, the
+experiments and the figures."""
+import json
+
+import pytest
+
+from mkmsr import benchmark as bm
+from mkmsr.cli import main
+from mkmsr.dataset import PreparedData
+from mkmsr.errors import ConfigError
+from mkmsr.fsutil import read_json
+
+
+@pytest.fixture(scope="module")
+def bench(planted_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "b"
+    argv = ["-q", "benchmark", "--data", f"{planted_data}=planted", "--models", "pop,s-pop,v-sknn,fpmc,km-sr,mkmsr",
+            "--seeds", "2", "--epochs", "2", "--out", str(out), "--strategies", "alternate,joint,pretrain",
+            "--lambdas", "1e-4,1e-1", "--embedding-map"]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_table_both_protocols_and_seeds(bench):
+    out, _ = bench
+    res = read_json(out / "results.json")
+    rows = res["datasets"]["planted"]["models"]
+    assert list(rows) == ["pop", "s-pop", "v-sknn", "fpmc", "km-sr", "mkmsr"]
+    assert rows["fpmc"]["runs"] == 2 and rows["pop"]["runs"] == 1 and rows["pop"]["deterministic"]
+    for r in rows.values():
+        for proto in ("selected", "best_over_epochs"):
+            m, s = r[proto]["mrr@20"]
+            assert 0 <= m <= 100 and s >= 0
+        assert r["best_over_epochs"]["mrr@20"][0] >= r["selected"]["mrr@20"][0] - 1e-9
+    # mean and std are over the per-seed runs on disk
+    seeds = [read_json(out / "runs" / "planted" / "fpmc" / f"seed{s}" / "metrics.json")["test"]["mrr@20"] for s in (0, 1)]
+    assert rows["fpmc"]["selected"]["mrr@20"][0] == pytest.approx(sum(seeds) / 2)
+    md = (out / "results.md").read_text()
+    assert "| fpmc | 2 |" in md and "best over epochs" in md and "±" in md
+
+
+def test_resume_does_not_redo_finished_runs(bench, capsys):
+    out, argv = bench
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.json")}
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "trained in" not in printed and "done before" in printed
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.json")} == stamp
+
+
+def test_interrupted_run_is_resumed(planted_data, tmp_path):
+    data = PreparedData(planted_data)
+    spec = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1})
+    bm.run_one(tmp_path, spec, data)
+    rd = spec.run_dir(tmp_path)
+    (rd / "metrics.json").unlink()              # as if killed after its last epoch
+    longer = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 2})
+    m, fresh = bm.run_one(tmp_path, longer, data)
+    assert fresh and m["epochs_run"] == 2
+    assert len((rd / "log.jsonl").read_text().splitlines()) == 2
+
+
+def test_count_models_are_tuned_on_validation_only(bench):
+    out, _ = bench
+    t = read_json(out / "tuning" / "planted" / "v-sknn.json")
+    assert len(t["points"]) == len(bm.grid_points(bm.TUNING_GRIDS["v-sknn"]))
+    assert all(set(p) == {"options", "valid"} for p in t["points"])        # test is never looked at
+    best = max(t["points"], key=lambda p: p["valid"]["mrr@20"])
+    assert t["best"] == best["options"]
+    cfg = read_json(out / "runs" / "planted" / "v-sknn" / "seed0" / "config.json")
+    assert all(cfg["model_config"][k] == v for k, v in t["best"].items())
+
+
+def test_experiments_and_figures(bench):
+    out, _ = bench
+    st = read_json(out / "strategies.json")
+    assert set(st["strategies"]) == {"alternate", "joint", "pretrain"}
+    for r in st["strategies"].values():
+        assert len(r["runs"][0]["valid_mrr@20"]) >= 1
+    # alternating is the table's own KM-SR run, the others have their own directories
+    assert (out / "runs" / "planted" / "km-sr@joint" / "seed0" / "metrics.json").exists()
+    assert not (out / "runs" / "planted" / "km-sr@alternate").exists()
+    lam = read_json(out / "lambda.json")
+    assert lam["lambdas"] == [1e-4, 1e-1]
+    em = read_json(out / "embedding_map.json")
+    assert set(em["panels"]) == {"word2vec", "transh", "mkmsr"}
+    assert all(len(p["xy"]) == len(em["items"]) for p in em["panels"].values())
+    pytest.importorskip("matplotlib")
+    for name in ("fig3_strategies.png", "fig4_embedding_map.png", "fig5_lambda1.png", "table2.png"):
+        f = out / "figures" / name
+        assert f.exists() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments(planted_data, tmp_path):
+    with pytest.raises(ConfigError, match="valid models"):
+        bm.run_benchmark(tmp_path, {"p": planted_data}, ["nope"], 1)
+    with pytest.raises(ConfigError, match="not a prepared dataset"):
+        bm.parse_datasets([str(tmp_path)])
+    assert main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_tsne_separates_clusters():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(6 * c, 1, (40, 5)) for c in range(3)])
+    lab = np.repeat(np.arange(3), 40)
+    Y = bm.tsne(X, perplexity=10, iters=500)
+    assert Y.shape == (120, 2) and bm.neighbour_purity(Y, lab, metric="euclidean") > 0.95
+    assert bm.separation_ratio(X, lab) > 3
+
+
+def test_interrupted_rerun_never_pairs_new_config_with_old_metrics(planted_data, tmp_path, monkeypatch):
+    data = PreparedData(planted_data)
+    old = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1})
+    bm.run_one(tmp_path, old, data)
+    new = bm.RunSpec("planted", data.path, "fpmc", 0, {"n_negatives": 7}, {"epochs": 1})
+
+    def crash(self, *a, **k):
+        from mkmsr.fsutil import write_json
+        write_json(self.out_dir / "config.json", self._run_config())   # what fit() writes first
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bm.Trainer, "fit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bm.run_one(tmp_path, new, data)
+    monkeypatch.undo()
+    assert not bm._same_run(new.run_dir(tmp_path), new, data)
+    assert not (new.run_dir(tmp_path) / "metrics.json").exists()
