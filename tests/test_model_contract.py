@@ -120,5 +120,8 @@ def test_recommender_ranks_like_score(name, trained):
         idx = [rec.item_index[i] for i in items]
         with torch.no_grad():
             s = model.score(batch_from_sequences([idx], [[1] * len(idx)]))[0]
-        want = [rec.item_ids[j] for j in torch.topk(s, 5).indices.tolist()]
-        assert got == want, (name, items, got, want)
+        # the same top 5 as model.score, up to float rounding between the two product paths
+        kth = torch.topk(s, 5).values[-1]
+        mine = s[[rec.item_index[i] for i in got]]
+        assert len(got) == 5 and bool((mine >= kth - 1e-4).all()), (name, items, got, s)
+        assert bool((mine[:-1] >= mine[1:] - 1e-4).all()), (name, items, got, s)

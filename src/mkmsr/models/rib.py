@@ -69,3 +69,11 @@ class RIB(SessionModel):
 
     def logits(self, batch: Batch) -> torch.Tensor:
         return self.encode(batch) @ self.out.weight[1:].T + self.out_bias[1:]
+
+    # the output bias rides along as one more coordinate, so servers rank exactly as logits
+    def session_vectors(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch)
+        return torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)                  # (B, d + 1)
+
+    def candidate_vectors(self) -> torch.Tensor:
+        return torch.cat([self.out.weight, self.out_bias[:, None]], dim=1)        # (n_items + 1, d + 1)
