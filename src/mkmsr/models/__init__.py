@@ -33,7 +33,10 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     # chosen on validation data: item vectors include the mean of their attribute-value embeddings
     # (cold-start items share what warm items of the same brand/category learned), cosine scoring
     # (NISER), and TransH's margin loss with three passes over the triplets per epoch.
-    "mkmsr+": (MKMSR, {"item_repr": "id+attributes", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0}),
+    # An inference-time boost of the items already in the session (repeat consumption), its size
+    # chosen on validation after training, completes it.
+    "mkmsr+": (MKMSR, {"item_repr": "id+attributes", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0,
+                       "repeat_boost_grid": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)

@@ -180,44 +180,36 @@ class _FullSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor,
-                bonus_idx: torch.Tensor | None = None, bonus_val: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(ctx, s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = s @ E.T                                                   # (B, N + 1)
-        if bonus_idx is not None:
-            logits.scatter_add_(1, bonus_idx, bonus_val)                   # sparse per-session bonus
         logits[:, 0] = float("-inf")                                       # padding is no candidate
         logp = torch.log_softmax(logits, dim=1)                            # one fused pass per row
         del logits
-        ctx.save_for_backward(s, E, targets, logp, bonus_idx)
+        ctx.save_for_backward(s, E, targets, logp)
         return -logp.gather(1, targets[:, None]).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        s, E, targets, logp, bonus_idx = ctx.saved_tensors
+        s, E, targets, logp = ctx.saved_tensors
         P = logp.exp_()  # in place: the log-probabilities are not needed after this (one backward)
         a = grad / P.shape[0]
-        grad_s = grad_E = grad_bonus = None
-        if bonus_idx is not None and ctx.needs_input_grad[4]:
-            # d loss / d logit[b, j] = a (P[b, j] - 1[j = target_b]); padding (column 0) has P = 0
-            grad_bonus = (P.gather(1, bonus_idx) - (bonus_idx == targets[:, None]).to(P.dtype)) * a
+        grad_s = grad_E = None
         if ctx.needs_input_grad[0]:
             grad_s = (P @ E - E[targets]).mul_(a)                           # (B, d)
         if ctx.needs_input_grad[1]:
             grad_E = (P.T @ s).mul_(a)                                     # (N + 1, d); row 0 stays 0
             grad_E.index_add_(0, targets, s, alpha=-float(a))
-        return grad_s, grad_E, None, None, grad_bonus
+        return grad_s, grad_E, None
 
 
-def full_softmax_ce(s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor,
-                    bonus_idx: torch.Tensor | None = None, bonus_val: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over the batch of -log softmax(s E[1:]^T + bonus)[b, targets[b] - 1].
+def full_softmax_ce(s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -log softmax(s E[1:]^T)[b, targets[b] - 1].
 
     s (B, d) session vectors, E (N + 1, d) the item table with row 0 = padding (never a
-    candidate), targets (B,) int64 item_idx in 1..N. Optional sparse bonus: ``bonus_val[b, t]``
-    (float, (B, L)) is added to the logit of item ``bonus_idx[b, t]`` (int64 item_idx, (B, L);
-    0 = nothing). Equals ``F.cross_entropy(s @ E[1:].T + bonus, targets - 1)``.
+    candidate), targets (B,) int64 item_idx in 1..N. Equals
+    ``F.cross_entropy(s @ E[1:].T, targets - 1)``.
     """
-    return _FullSoftmaxCE.apply(s, E, targets, bonus_idx, bonus_val)
+    return _FullSoftmaxCE.apply(s, E, targets)
 
 
 def unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,8 +48,9 @@ class MKMSRConfig:
     op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
     kg_loss: str = "squared"       # squared = paper Eq. 12 | margin = TransH margin loss
     kg_margin: float = 1.0         # margin gamma of the margin loss
-    repeat_bias: bool = False      # add a learned bias per operation to the score of items already in the
-                                   # session, summed over their occurrences (repeat consumption; not in the paper)
+    repeat_boost: float = 0.0      # added at inference to the score of items already in the session
+                                   # (repeat consumption; not in the paper, not used in training)
+    repeat_boost_grid: tuple = ()  # if given, training picks repeat_boost from it on validation
     kg_passes: float = 1.0         # passes over all triplets per epoch in alternating training (sets the
                                    # KG batch size unless the training config gives one)
     init_std: float = 0.1          # embeddings ~ N(0, init_std) (paper §4.1.4)
@@ -91,8 +92,6 @@ class MKMSR(SessionModel):
         self.W3 = nn.Linear(2 * m, d, bias=config.w3_bias)
         if config.use_knowledge:
             self.transh = TransH(spec.n_relations, d, config.init_std)
-        if config.repeat_bias:
-            self.repeat_weight = nn.Parameter(torch.zeros(spec.n_ops))  # per operation; index 0 = padding
         if config.scoring not in ("dot", "cosine"):
             raise ValueError(f"scoring must be 'dot' or 'cosine', got {config.scoring!r}")
         if config.item_repr == "id+attributes":
@@ -124,8 +123,6 @@ class MKMSR(SessionModel):
         # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
         bound = 1.0 / self.config.dim ** 0.5
         for name, p in self.named_parameters():
-            if name == "repeat_weight":
-                continue  # starts at 0: no repeat preference until the data shows one
             if self.config.init == "paper" and name.startswith(
                     ("item_embedding.", "attr_embedding.", "op_embedding.", "transh.")):
                 nn.init.normal_(p, 0.0, std)
@@ -179,9 +176,9 @@ class MKMSR(SessionModel):
         return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
 
     def candidate_vectors(self) -> torch.Tensor:
-        if self.config.repeat_bias:
+        if self.config.repeat_boost:
             # scores add a per-session bonus: a cached item matrix alone cannot reproduce them
-            raise NotImplementedError("scores include a per-session repeat bonus; use score()")
+            raise NotImplementedError("scores include a per-session repeat boost; use score()")
         return self.scoring_vectors()
 
     def session_vectors(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,22 +198,12 @@ class MKMSR(SessionModel):
     def logits(self, batch: Batch) -> torch.Tensor:
         s, V = self._scored(batch)
         lg = s @ V[1:].T
-        bonus = self.session_bonus(batch)
-        if bonus is not None:
-            idx, val = bonus
-            lg = lg.scatter_add(1, (idx - 1).clamp(min=0), val)  # padding positions add 0
+        if self.config.repeat_boost:
+            # presence (B, n_items + 1) of each item in its session; padding maps to column 0
+            present = torch.zeros(lg.shape[0], lg.shape[1] + 1, dtype=lg.dtype, device=lg.device)
+            present.scatter_reduce_(1, batch.items, batch.mask.to(lg.dtype), reduce="amax")
+            lg = lg + self.config.repeat_boost * present[:, 1:]
         return lg
-
-    def session_bonus(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """With ``repeat_bias``: (item_idx (B, L), bonus (B, L)): every micro-behaviour adds the
-        learned bias of its operation to its item's score (0 on padding). Else None."""
-        if not self.config.repeat_bias:
-            return None
-        return batch.items, self.repeat_weight[batch.ops] * batch.mask
-
-    def entity_table(self) -> torch.Tensor:
-        """(n_entities, d): the shared entity embedding table (row = entity_idx)."""
-        return torch.cat([self.item_embedding.weight, self.attr_embedding.weight[: self.spec.n_entities - self.spec.n_items - 1]])
 
     def micro_behaviours(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR.
@@ -247,8 +234,7 @@ class MKMSR(SessionModel):
         """Softmax cross-entropy over the full catalogue (as the base class), fused: fewer passes
         over the (B, n_items) score matrix (see mkmsr.models.layers.full_softmax_ce)."""
         s, V = self._scored(batch)
-        bonus = self.session_bonus(batch)
-        return full_softmax_ce(s, V, batch.targets, *(bonus or (None, None)))
+        return full_softmax_ce(s, V, batch.targets)  # the repeat boost is an inference-time term
 
     def triplet_scores(self, triplets: torch.Tensor, sparse: bool = False) -> torch.Tensor:
         """(n, 3) int64 (head, relation, tail) -> (n,) TransH distances f(h, r, t).
