@@ -1,6 +1,6 @@
 """Quality floors on the paper's real Demo data (skipped with a message when it is absent).
 
-Floors sit below what `benchmarks/demo_mkmsr.py` measures (see docs/results-mkmsr-demo.md) with
+Floors sit below what `benchmarks/table2.py` measures over 5 seeds (docs/results.md) with
 room for seed noise (one standard error of Hit@20 is about 1 point on this test set).
 """
 import pytest

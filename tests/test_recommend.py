@@ -78,8 +78,8 @@ def test_bfloat16_scan_is_exact_on_near_ties(ckpt, catalogue, tmp_path):
     cluster = torch.arange(w.shape[0] - 1) % 5
     w[1:] = bases[cluster] + 3e-3 * torch.randn(w.shape[0] - 1, w.shape[1], generator=g)
     torch.save(state, near / "model.pt")
-    rec = Recommender.load(near)
-    assert rec.scan == "bfloat16"
+    rec = Recommender.load(near, scan="bfloat16")
+    assert rec.scan == "bfloat16" and Recommender.load(near).scan == "float32"  # float32 is the default
     for events in random_sessions(catalogue, 6, seed=4):
         with torch.inference_mode():
             idx = [rec.item_index[i] for i, _ in events]

@@ -20,7 +20,7 @@ How a request is scored. The event loop only parses and validates; scoring runs 
 inference thread (``threads`` torch threads) that takes every request queued at that moment
 (up to ``max_inference_batch`` sessions) and scores them together with
 :meth:`Recommender.recommend_batch`: one padded encoder pass and one matrix product with the
-item matrix (by default over its bfloat16 copy, with exact float32 rescoring, see
+item matrix (float32 by default; optionally a bfloat16 scan with exact float32 rescoring, see
 :class:`Recommender`). Under load this turns many memory-bound matrix-vector products over the
 catalogue into one matrix product.
 
@@ -68,7 +68,7 @@ class ServeConfig:
     request_timeout_s: float = 30.0    # a request still unscored after this gets 503
     threads: int = 0                   # torch CPU threads (0 = all cores but one, left to the event loop)
     admin_token: str | None = None     # if set, /admin/reload needs header X-Admin-Token
-    scan: str | None = None            # one-session ranking: bfloat16 (CPU default) | float32, see Recommender
+    scan: str | None = None            # one-session ranking: float32 (default) | bfloat16, see Recommender
 
     def validate(self) -> None:
         for name in ("max_k", "max_events", "max_batch", "max_filter", "max_body_bytes", "max_id_length",
