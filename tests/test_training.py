@@ -141,3 +141,18 @@ def test_bad_train_config():
         TrainConfig(strategy="sometimes").validate()
     with pytest.raises(ConfigError, match="select_metric"):
         TrainConfig(select_metric="auc").validate()
+
+
+@pytest.mark.parametrize("curve, stop_epoch, best", [
+    ([5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 7, 1),   # warm-up: 3 x patience (2) epochs after epoch 1
+    ([1, 2, 3, 9, 1, 1, 1, 1, 1, 1, 1, 1], 6, 4),   # once improved: plain patience 2
+    ([5, 1, 1, 1, 8, 1, 1, 1, 1, 1, 1, 1], 7, 5),   # a dip, then it learns: not stopped in the dip
+])
+def test_early_stopping_waits_out_the_warm_up_plateau(synthetic_data, monkeypatch, curve, stop_epoch, best):
+    seq = iter(curve)
+
+    def fake_eval(self, model, split):
+        return {"mrr@20": float(next(seq)), "hit@20": 0.0}
+    monkeypatch.setattr(Trainer, "_eval", fake_eval)
+    tr, m = fit(synthetic_data, epochs=12, patience=2, eval_test_each_epoch=False)
+    assert len(tr.history) == stop_epoch and tr.history and m["best_epoch"] == best

@@ -115,8 +115,9 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
     if not (run_dir / "metrics.json").exists() or not cfg_path.exists():
         return False
     saved = read_json(cfg_path)
-    want_model = dataclasses.asdict(make_config(spec.model, spec.model_overrides))
-    want_train = dataclasses.asdict(spec.train_config())
+    # compare as JSON reads them back (tuples become lists)
+    want_model = json.loads(json.dumps(dataclasses.asdict(make_config(spec.model, spec.model_overrides))))
+    want_train = json.loads(json.dumps(dataclasses.asdict(spec.train_config())))
     return (saved.get("model") == spec.model and saved.get("model_config") == want_model
             and saved.get("train_config") == want_train and saved.get("dataset_sha256") == data.content_hash)
 
@@ -133,7 +134,7 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     resume = (rd / "state" / "trainer.json").exists() and (rd / "config.json").exists()
     if resume:
         saved = read_json(rd / "config.json")
-        resume = saved.get("train_config") == dataclasses.asdict(spec.train_config())
+        resume = saved.get("train_config") == json.loads(json.dumps(dataclasses.asdict(spec.train_config())))
     # a metrics.json left from an older configuration must not outlive this run's config.json
     # (the Trainer rewrites config.json first; an interruption would pair it with stale metrics)
     (rd / "metrics.json").unlink(missing_ok=True)

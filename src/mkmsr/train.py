@@ -66,7 +66,8 @@ class TrainConfig:
     kg_batch_size: int = 0           # triplets per KG step; 0 = the model's kg_passes (default 1) per epoch
     kg_optimizer: str = "sparse"     # sparse: own row-wise Adam for KG steps | shared | separate (dense)
     pretrain_epochs: int = 10        # passes over the triplets for strategy=pretrain
-    patience: int = 5                # epochs without validation improvement before stopping
+    patience: int = 5                # epochs without validation improvement before stopping (3x that
+                                     # while nothing has beaten the first epoch: warm-up)
     select_metric: str = "mrr@20"    # validation metric that selects the epoch
     eval_batch_size: int = 512
     max_len: int | None = None       # keep only the latest max_len micro-behaviours (None = all)
@@ -353,7 +354,10 @@ class Trainer:
                     self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 state["bad_epochs"] += 1
-                if state["bad_epochs"] >= c.patience:
+                # warm-up: until validation improves on the first epoch, wait 3 x patience (a
+                # randomly initialised model often dips for a few epochs before it learns; the
+                # plain rule stopped NARM at epoch 4 on Demo(N) with patience 3)
+                if state["bad_epochs"] >= (c.patience if state["best_epoch"] > 1 else 3 * c.patience):
                     state["stopped_early"] = True
             state["epoch"] = epoch
             log.info("%s epoch %d: loss %.4f valid %s %.3f%s (%.0f samples/s)%s", self.model_name, epoch,
