@@ -103,3 +103,24 @@ class SessionModel(nn.Module):
 
     def fit_statistics(self, data: Any) -> None:
         """Hook called once with the PreparedData before training; default: nothing."""
+
+
+class OutputLayerModel(SessionModel):
+    """A model that scores with its own output layer: score(j) = h^T W_j + b_j, with ``self.out``
+    an (n_items + 1, d) embedding (row 0 = padding) and ``self.out_bias`` an (n_items + 1,)
+    parameter (GRU4REC's and RIB's output layer). The bias rides along as one more coordinate of
+    the session and candidate vectors, so servers that cache the item side rank exactly as
+    ``logits``."""
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.out.weight
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        return self.encode(batch) @ self.out.weight[1:].T + self.out_bias[1:]
+
+    def session_vectors(self, batch: Batch) -> torch.Tensor:
+        h = self.encode(batch)
+        return torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)                  # (B, d + 1)
+
+    def candidate_vectors(self) -> torch.Tensor:
+        return torch.cat([self.out.weight, self.out_bias[:, None]], dim=1)        # (n_items + 1, d + 1)

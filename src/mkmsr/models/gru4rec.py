@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..batching import Batch
-from .base import SessionModel
+from .base import OutputLayerModel
 from .fpmc import bpr_loss
 
 
@@ -36,7 +36,7 @@ class GRU4RecConfig:
     init_std: float = 0.1
 
 
-class GRU4Rec(SessionModel):
+class GRU4Rec(OutputLayerModel):
     Config = GRU4RecConfig
 
     def __init__(self, config: GRU4RecConfig, spec):
@@ -71,19 +71,6 @@ class GRU4Rec(SessionModel):
         h = H[torch.arange(len(batch), device=H.device), batch.lengths - 1]
         return self.drop(h)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.out.weight
-
-    def logits(self, batch: Batch) -> torch.Tensor:
-        return self.encode(batch) @ self.out.weight[1:].T + self.out_bias[1:]
-
-    # the output bias rides along as one more coordinate, so servers rank exactly as logits
-    def session_vectors(self, batch: Batch) -> torch.Tensor:
-        h = self.encode(batch)
-        return torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)                  # (B, d + 1)
-
-    def candidate_vectors(self) -> torch.Tensor:
-        return torch.cat([self.out.weight, self.out_bias[:, None]], dim=1)        # (n_items + 1, d + 1)
 
     def sr_loss(self, batch: Batch) -> torch.Tensor:
         if self.config.loss == "ce":

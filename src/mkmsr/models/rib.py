@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..batching import Batch
-from .base import SessionModel
+from .base import OutputLayerModel
 from .word2vec import train_skipgram
 
 
@@ -32,7 +32,7 @@ class RIBConfig:
     init_std: float = 0.1
 
 
-class RIB(SessionModel):
+class RIB(OutputLayerModel):
     Config = RIBConfig
 
     def __init__(self, config: RIBConfig, spec):
@@ -64,16 +64,3 @@ class RIB(SessionModel):
         alpha = torch.softmax(e, dim=1)
         return torch.bmm(alpha[:, None, :], H).squeeze(1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.out.weight
-
-    def logits(self, batch: Batch) -> torch.Tensor:
-        return self.encode(batch) @ self.out.weight[1:].T + self.out_bias[1:]
-
-    # the output bias rides along as one more coordinate, so servers rank exactly as logits
-    def session_vectors(self, batch: Batch) -> torch.Tensor:
-        h = self.encode(batch)
-        return torch.cat([h, h.new_ones(h.shape[0], 1)], dim=1)                  # (B, d + 1)
-
-    def candidate_vectors(self) -> torch.Tensor:
-        return torch.cat([self.out.weight, self.out_bias[:, None]], dim=1)        # (n_items + 1, d + 1)
