@@ -17,7 +17,7 @@ from mkmsr.train import TrainConfig, Trainer
 #: neighbour sessions, stan weighting by |position distance|): on the planted walks
 #: i -> i+1 -> i+2 -> i+3 the items i-1 and i+1 co-occur with i equally often. Their own tests
 #: (tests/test_baselines.py) check them against hand-computed examples instead.
-NO_TRANSITIONS: set[str] = {"pop", "s-pop", "item-knn", "v-sknn", "stan"}
+NO_TRANSITIONS: set[str] = {"pop", "s-pop", "item-knn", "v-sknn", "stan", "v-sknn-remind", "stan-remind"}
 #: small, fast settings per model for the contract (applied only where the model has the option)
 SMALL = {"dim": 16}
 

@@ -21,7 +21,7 @@ def fit(data, model="mkmsr", out=None, **kw):
 def test_alternating_training_updates_shared_item_embeddings_from_both_tasks(synthetic_data, monkeypatch):
     """Every SR step and every KG step changes the shared item embedding table."""
     data = PreparedData(synthetic_data)
-    tr = Trainer(data, "mkmsr", {"dim": 16}, TrainConfig(epochs=1, **FAST), None, progress=False)
+    tr = Trainer(data, "mkmsr", {"dim": 16}, TrainConfig(epochs=1, kg_optimizer="sparse", **FAST), None, progress=False)
     changes = {"sr": [], "kg": []}
     model_holder = {}
     orig_build = tr._build

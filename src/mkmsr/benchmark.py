@@ -2,7 +2,7 @@
 training-strategy curves (Fig. 3), the lambda_1 sweep (Fig. 5) and the embedding map (Fig. 4).
 
 Everything runs through the same training loop, metrics and checkpoints as ``mkmsr train``.
-Nothing is tuned on test: count-based models pick their hyper-parameters from a small grid by
+Nothing is tuned on test: count-based models pick their hyper-parameters by coordinate ascent by
 validation MRR@20 (the loop's ``select_metric``), neural models keep their papers' defaults and
 select the epoch on validation. Each run lives in its own directory
 ``OUT/runs/<dataset>/<model>[@<variant>]/seed<n>``; a finished run (``metrics.json`` with the
@@ -46,17 +46,24 @@ log = logging.getLogger(__name__)
 #: the paper's Table 2 order, then the count-based baselines it lacks
 TABLE2_MODELS = ["fpmc", "gru4rec-bpr", "gru4rec-ce", "narm", "stamp", "sr-gnn", "rib", "km-sr", "m-gru-sr",
                  "m-ggnn-sr", "m-ggnnx2-sr", "m-sr", "mkmsr"]
-SIMPLE_MODELS = ["pop", "s-pop", "item-knn", "v-sknn", "stan"]
+SIMPLE_MODELS = ["pop", "s-pop", "item-knn", "v-sknn", "stan", "v-sknn-remind", "stan-remind"]
 
-#: validation grids of the count-based models (session-rec's usual ranges; small on purpose)
+#: validation search axes of the count-based models, searched by coordinate ascent (see
+#: ``tune_on_validation``): session-rec's ranges, each axis wide enough that a chosen value is
+#: not pinned to an edge on Demo / Demo(N) (the earlier small grid left STAN on an edge of every axis)
 TUNING_GRIDS: dict[str, dict[str, list]] = {
     "s-pop": {"mode": ["recency", "count"]},
-    "item-knn": {"lmbd": [0.0, 20.0, 100.0], "alpha": [0.5, 0.75]},
-    "v-sknn": {"k": [50, 100, 200], "sample_size": [500, 1000], "weighting": ["div", "quadratic"],
-               "weighting_score": ["div", "quadratic"]},
-    "stan": {"k": [100, 200], "lambda_spw": [1.02, 2.5, 5.0], "lambda_inh": [1.0, 2.05, 4.0],
-             "lambda_snh": [5.0, 80.0]},
+    "item-knn": {"lmbd": [0.0, 20.0, 100.0, 500.0], "alpha": [0.25, 0.5, 0.75, 1.0]},
+    "v-sknn": {"k": [50, 100, 200, 500], "sample_size": [500, 1000, 2500, 0],
+               "weighting": ["linear", "div", "quadratic", "log", "same"],
+               "weighting_score": ["linear", "div", "quadratic", "log", "same"], "idf_weighting": [0.0, 1.0, 2.0]},
+    "stan": {"k": [50, 100, 200, 500], "sample_size": [1000, 2500, 5000, 0],
+             "lambda_spw": [0.5, 1.02, 2.5, 5.0, 10.0], "lambda_inh": [0.5, 1.0, 2.05, 4.0, 8.0, 16.0],
+             "lambda_snh": [1.25, 5.0, 20.0, 80.0, 320.0]},
 }
+#: models whose searched options are those of another registered model (the reminder variants
+#: add only the validation-tuned repeat boost, which the trainer picks after fitting)
+TUNE_AS = {"v-sknn-remind": "v-sknn", "stan-remind": "stan"}
 
 #: per-model training defaults that differ from the shared ones (each from the model's own code)
 #: per-model training overrides. Empty on purpose: SR-GNN's code decays the lr x 0.1 every
@@ -67,7 +74,9 @@ MODEL_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 PROTOCOLS = {"selected": "test at the epoch chosen by validation MRR@20",
              "best_over_epochs": "best test value over epochs (optimistic, paper-style)"}
-REPORT_METRICS = ("hit@20", "mrr@20", "ndcg@20", "cold_hit@20", "cold_mrr@20")
+REPORT_METRICS = ("hit@20", "mrr@20", "ndcg@20", "cold_hit@20", "cold_mrr@20", "rt_hit@20", "rt_mrr@20",
+                  "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20", "cold_first_hit@20",
+                  "cold_first_mrr@20")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,28 +167,50 @@ def grid_points(grid: dict[str, list]) -> list[dict]:
 
 
 def tune_on_validation(out: Path, label: str, data: PreparedData, model: str, grid: dict[str, list],
-                       metric: str = "mrr@20", lock: str | Path | None = None) -> dict:
+                       metric: str = "mrr@20", lock: str | Path | None = None, rounds: int = 3) -> dict:
     """Pick a count-based model's options by validation ``metric`` (test is never looked at).
 
-    Writes ``OUT/tuning/<label>/<model>.json`` and reuses it when the grid and data match.
+    Coordinate ascent over the axes of ``grid``: start from each axis's value closest to the
+    model's default (its first value otherwise), then try every value of one axis with the
+    others fixed, keep the best, move to the next axis; repeat until a round changes nothing
+    (at most ``rounds``). Every evaluated point is recorded. A full grid of the widened axes
+    would cost thousands of evaluations; coordinate ascent costs the sum of the axis sizes per
+    round. Writes ``OUT/tuning/<label>/<model>.json`` and reuses it when grid and data match.
     """
     path = out / "tuning" / label / f"{model}.json"
     if path.exists():
         saved = read_json(path)
         if saved.get("grid") == grid and saved.get("dataset_sha256") == data.content_hash and saved.get("metric") == metric:
             return saved["best"]
-    points = []
-    with cpu_lock(lock):
-        for p in grid_points(grid):
+    defaults = dataclasses.asdict(make_config(model))
+    cur = {k: (defaults[k] if defaults.get(k) in v else v[0]) for k, v in grid.items()}
+    seen: dict[str, dict] = {}
+
+    def value(p: dict) -> float:
+        key = json.dumps(p, sort_keys=True)
+        if key not in seen:
             m = build_model(model, data.spec, p)
             m.fit_statistics(data)
             v = evaluate(m, data, "valid")
-            points.append({"options": p, "valid": {k: v[k] for k in ("hit@20", "mrr@20", "ndcg@20")}})
-    best = max(points, key=lambda r: r["valid"][metric])["options"]
-    write_json(path, {"model": model, "metric": metric, "grid": grid, "dataset_sha256": data.content_hash,
-                      "points": points, "best": best})
-    log.info("tuned %s on %s validation: %s", model, label, best)
-    return best
+            seen[key] = {"options": dict(p), "valid": {k: v[k] for k in ("hit@20", "mrr@20", "ndcg@20", "rt_hit@20")}}
+        return seen[key]["valid"][metric]
+
+    with cpu_lock(lock):
+        best_v = value(cur)
+        for _ in range(rounds):
+            changed = False
+            for axis, vals in grid.items():
+                for v in vals:
+                    cand = {**cur, axis: v}
+                    cv = value(cand)
+                    if cv > best_v + 1e-12:
+                        cur, best_v, changed = cand, cv, True
+            if not changed:
+                break
+    write_json(path, {"model": model, "metric": metric, "grid": grid, "search": "coordinate ascent",
+                      "dataset_sha256": data.content_hash, "points": list(seen.values()), "best": cur})
+    log.info("tuned %s on %s validation (%d points): %s", model, label, len(seen), cur)
+    return cur
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,8 +253,9 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
     for i, (label, model, seed) in enumerate(plan, 1):
         data = loaded[label]
         if (label, model) not in tuned:
-            grid = TUNING_GRIDS.get(model) if tune else None
-            tuned[(label, model)] = tune_on_validation(out, label, data, model, grid, lock=lock) if grid else {}
+            base = TUNE_AS.get(model, model)
+            grid = TUNING_GRIDS.get(base) if tune else None
+            tuned[(label, model)] = tune_on_validation(out, label, data, base, grid, lock=lock) if grid else {}
         spec = RunSpec(label, data.path, model, seed, tuned[(label, model)], dict(train_overrides or {}))
         t = time.perf_counter()
         m, fresh = run_one(out, spec, data, lock, progress)
@@ -258,9 +290,13 @@ def collect_results(out: Path, datasets: dict, models: Sequence[str], seeds: int
                                    "best_epochs": [r["best_epoch"] for r in runs],
                                    "train_seconds": mean_std([r["train_seconds"] for r in runs])}
             for proto, key in (("selected", "test"), ("best_over_epochs", "test_best_over_epochs")):
-                row[proto] = {k: mean_std([r[key].get(k, r["test"].get(k)) for r in runs]) for k in REPORT_METRICS}
-                row[proto + "_per_seed"] = {k: [r[key].get(k, r["test"].get(k)) for r in runs]
-                                            for k in ("hit@20", "mrr@20")}
+                def val(r, k, key=key):
+                    if r[key].get("not_applicable"):
+                        return math.nan          # e.g. a boost tuned after training: see Trainer._optimistic
+                    return r[key].get(k, r["test"].get(k, math.nan))
+                row[proto] = {k: mean_std([val(r, k) for r in runs]) for k in REPORT_METRICS}
+                row[proto + "_per_seed"] = {k: [val(r, k) for r in runs] for k in ("hit@20", "mrr@20")}
+            row["tuned_after_training"] = [r.get("tuned_on_validation") for r in runs if r.get("tuned_on_validation")]
             row["valid"] = {k: mean_std([r["valid"][k] for r in runs]) for k in ("hit@20", "mrr@20")}
             rows[model] = row
         res["datasets"][label] = {"path": str(path), "manifest_splits": data.manifest["splits"],
@@ -268,7 +304,7 @@ def collect_results(out: Path, datasets: dict, models: Sequence[str], seeds: int
     return res
 
 
-def fmt_ms(t: tuple[float, float], det: bool = False) -> str:
+def fmt_ms(t: tuple[float, float] | None, det: bool = False) -> str:
     if t is None or math.isnan(t[0]):
         return "–"
     return f"{t[0]:.2f}" if det else f"{t[0]:.2f} ± {t[1]:.2f}"
@@ -281,8 +317,9 @@ def results_markdown(results: dict, paper: dict | None = None) -> str:
         lines += [f"### {label}", "",
                   f"Test samples: {d['test_samples']}; repeat-consumption share of test targets: "
                   f"{d['manifest_splits']['test']['repeat_target_share']:.3f}.", ""]
-        head = "| model | runs | Hit@20 (val-selected) | MRR@20 (val-selected) | Hit@20 (best over epochs) | MRR@20 (best over epochs) |"
-        sep = "| --- | --- | --- | --- | --- | --- |"
+        head = ("| model | runs | Hit@20 (val-selected) | MRR@20 (val-selected) | Hit@20 random ties | "
+                "MRR@20 random ties | Hit@20 (best over epochs) | MRR@20 (best over epochs) |")
+        sep = "| --- | --- | --- | --- | --- | --- | --- | --- |"
         if paper and label in paper:
             head += " paper Hit@20 | paper MRR@20 |"
             sep += " --- | --- |"
@@ -291,7 +328,11 @@ def results_markdown(results: dict, paper: dict | None = None) -> str:
             det = r["deterministic"]
             cells = [model, f"{r['runs']}{' (deterministic)' if det else ''}",
                      fmt_ms(r["selected"]["hit@20"], det), fmt_ms(r["selected"]["mrr@20"], det),
-                     fmt_ms(r["best_over_epochs"]["hit@20"], det), fmt_ms(r["best_over_epochs"]["mrr@20"], det)]
+                     fmt_ms(r["selected"]["rt_hit@20"], det), fmt_ms(r["selected"]["rt_mrr@20"], det),
+                     fmt_ms(r["best_over_epochs"]["hit@20"], det) if not det else "n/a (no epochs)",
+                     fmt_ms(r["best_over_epochs"]["mrr@20"], det) if not det else "n/a (no epochs)"]
+            if r.get("tuned_after_training") and not det:
+                cells[6] = cells[7] = "n/a (boost tuned after training)"
             if paper and label in paper:
                 p = paper[label].get(model)
                 cells += [f"{p[0]:.3f}" if p else "–", f"{p[1]:.3f}" if p else "–"]

@@ -92,7 +92,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         raw_format.min_item_count if raw_format else 1)
     cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
                         min_item_count=min_item_count, valid_fraction=a.valid_fraction,
-                        test_fraction=a.test_fraction)
+                        test_fraction=a.test_fraction, test_filter=a.test_filter)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
     if a.format == "jdata-demo":
@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--separator", default=",", help="CSV field separator (default ,)")
     s.add_argument("--cold-start", choices=["drop", "keep"], default="drop",
                    help="test items unseen in training: drop them, or keep those with knowledge (default drop)")
+    s.add_argument("--test-filter", choices=["fit", "period"], default="fit",
+                   help="with --cold-start drop, test items must occur in the train split models fit "
+                        "(fit, default: the same rule as validation) or anywhere in train + valid (period)")
     s.add_argument("--min-session-length", type=int, default=2)
     s.add_argument("--min-item-count", type=int,
                    help="items seen fewer times in the training period are removed (default 1; raw formats 3)")

@@ -31,3 +31,7 @@ class DataError(MkmsrError, ValueError):
         if expected:
             text += f" (expected {expected})"
         super().__init__(text)
+
+
+class TrainingDiverged(MkmsrError, RuntimeError):
+    """The model's loss or scores became NaN/inf during training."""

@@ -7,6 +7,15 @@ matrix whose score is not -inf (column 0, padding, is always -inf).
 
 Hit@k = 1[rank <= k]; MRR@k = 1/rank if rank <= k else 0; NDCG@k = 1/log2(rank + 1) if
 rank <= k else 0 (one relevant item). Reported as percentages, averaged over samples.
+
+Non-finite scores: a competitor scored NaN or +inf ranks *above* the target (a model cannot win
+by producing garbage), -inf marks a column that is not a candidate; a target whose own score is
+not finite raises :class:`NonFiniteScoreError` (a diverged model must not count as a hit).
+
+Random ties: beside the pessimistic rank, :func:`expected_metrics` gives the *expected* metrics
+when the target's ties are broken uniformly at random (the target's rank is uniform over
+``greater + 1 .. greater + ties + 1``). The two agree for a model without ties; count-based
+models, which give many items the same score, can differ by points.
 """
 from __future__ import annotations
 
@@ -19,11 +28,49 @@ import torch
 KS = (5, 10, 20)
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, N) float scores, (B,) int64 column indices -> (B,) int64 1-based pessimistic ranks."""
+class NonFiniteScoreError(ValueError):
+    """A target's score is NaN or infinite: the model diverged (or masked its own target)."""
+
+
+def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N) float scores, (B,) int64 column indices -> ``(greater, ties)``, each (B,) int64:
+    how many other candidates score above the target (NaN and +inf competitors count here) and
+    how many score exactly the same. Raises NonFiniteScoreError on a non-finite target score."""
     t = scores.gather(1, targets[:, None])
-    ge = (scores >= t).sum(dim=1)  # includes the target itself
-    return ge.to(torch.int64)
+    bad = ~torch.isfinite(t[:, 0])
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0, 0])
+        raise NonFiniteScoreError(
+            f"{int(bad.sum())} of {bad.numel()} samples have a non-finite target score (first: row {i}, "
+            f"target column {int(targets[i])}, score {float(t[i, 0])}): the model produced NaN/inf scores")
+    greater = ((scores > t) | torch.isnan(scores)).sum(dim=1)
+    ties = (scores == t).sum(dim=1) - 1                       # the target itself is not a tie
+    return greater.to(torch.int64), ties.to(torch.int64)
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, N) float scores, (B,) int64 column indices -> (B,) int64 1-based pessimistic ranks
+    (1 + the number of other candidates scoring >= the target, NaN/+inf competitors included)."""
+    greater, ties = rank_counts(scores, targets)
+    return greater + ties + 1
+
+
+def expected_metrics(greater: np.ndarray, ties: np.ndarray, ks: Iterable[int] = KS,
+                     prefix: str = "") -> dict[str, float]:
+    """Hit@k, MRR@k, NDCG@k in percent, in expectation over uniform random tie-breaking: the
+    target's rank is uniform on ``greater + 1 .. greater + ties + 1``. Empty input gives NaN."""
+    g = np.asarray(greater, dtype=np.int64)
+    e = np.asarray(ties, dtype=np.int64)
+    out: dict[str, float] = {}
+    n = g.size
+    for k in ks:
+        r = np.arange(1, k + 1, dtype=np.float64)
+        for name, f in (("hit", np.ones_like(r)), ("mrr", 1.0 / r), ("ndcg", 1.0 / np.log2(r + 1.0))):
+            cum = np.concatenate([[0.0], np.cumsum(f)])              # cum[m] = sum of f(1..m)
+            hi, lo = np.minimum(g + e + 1, k), np.minimum(g, k)
+            val = (cum[hi] - cum[lo]) / (e + 1.0)
+            out[f"{prefix}{name}@{k}"] = float(100.0 * val.mean()) if n else math.nan
+    return out
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Iterable[int] = KS, prefix: str = "") -> dict[str, float]:

@@ -10,6 +10,17 @@ Strategies for the knowledge task (paper §3.5, §4.4):
   ``kg_batch_size`` triplets, each with its own optimiser step on the shared embeddings. By
   default the KG batch is sized so one epoch sees every triplet once. The loss of a KG step
   is lambda_1 * sum of TransH distances of its triplets.
+
+  The optimiser of the KG step (``kg_optimizer``) decides whether lambda_1 acts at all. Adam's
+  update does not depend on the scale of the loss it is given, so a KG step with an Adam of its
+  own (``sparse``, ``separate``) moves the embeddings by about the same amount for lambda_1 =
+  1e-5 or 1e-1: lambda_1 is inert there. The default ``shared`` steps the SR optimiser: the
+  KG gradient lambda_1 * dL_K is divided by Adam's running second moments, which the SR
+  gradients dominate on every item row, so lambda_1 weighs the knowledge task against L_S as
+  Eq. 15 writes it. As in any framework that minimises two losses with one Adam (one optimiser
+  object, two ``minimize`` calls in TensorFlow), a KG step also applies the momentum of every
+  parameter it touches, and the L2 penalty (lambda_2, coupled in Adam) applies to both steps;
+  with ``sparse``, lambda_2 applies to the SR steps only.
 * ``joint`` (Eq. 16): one step on L_S + lambda_1 * L_K where L_K runs over the triplets of
   the items of each session of the batch (an item in k sessions of the batch counts k times),
   divided by the batch size like L_S.
@@ -35,8 +46,9 @@ from . import __version__
 from .batching import Batch, batch_order, make_batch
 from .checkpoint import save_checkpoint
 from .dataset import PreparedData
-from .errors import ConfigError
-from .evaluate import evaluate
+from .errors import ConfigError, TrainingDiverged
+from .evaluate import evaluate, metrics_from_counts, split_rank_counts
+from .metrics import NonFiniteScoreError
 from .fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from .models import build_model, make_config
 from .models.base import SessionModel
@@ -64,7 +76,8 @@ class TrainConfig:
     strategy: str = "alternate"      # alternate (Eq. 15) | joint (Eq. 16) | pretrain
     alternate_every: int = 1         # SR steps between two KG steps
     kg_batch_size: int = 0           # triplets per KG step; 0 = the model's kg_passes (default 1) per epoch
-    kg_optimizer: str = "sparse"     # sparse: own row-wise Adam for KG steps | shared | separate (dense)
+    kg_optimizer: str = "shared"     # shared: the SR Adam (lambda_1 acts; default) | sparse: own row-wise
+                                     # Adam (lambda_1 inert: Adam is scale-invariant) | separate (own dense Adam)
     pretrain_epochs: int = 10        # passes over the triplets for strategy=pretrain
     patience: int = 5                # epochs without validation improvement before stopping (3x that
                                      # while nothing has beaten the first epoch: warm-up)
@@ -221,8 +234,15 @@ class Trainer:
                 "dataset_sha256": self.data.content_hash, "mkmsr_version": __version__}
 
     def _eval(self, model: SessionModel, split: str) -> dict:
-        return evaluate(model, self.data, split, self.config.eval_batch_size, self.config.max_len, self.device,
-                        dist=self.dist)
+        epoch = getattr(self, "_epoch", None)
+        try:
+            return evaluate(model, self.data, split, self.config.eval_batch_size, self.config.max_len, self.device,
+                            dist=self.dist)
+        except NonFiniteScoreError as e:
+            when = f"after epoch {epoch}" if epoch else "at the end of training"
+            raise TrainingDiverged(f"{self.model_name}: training diverged {when}: {e} on the {split} split. "
+                                   f"Lower the learning rate (now {self.config.lr:g}) or check the data; "
+                                   "no epoch with non-finite scores is ever selected") from e
 
     # ------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
@@ -333,8 +353,15 @@ class Trainer:
                 dist.broadcast_parameters(model)  # rank 0's weights everywhere: no drift can accumulate
             t_train = time.perf_counter() - t0
             state["train_seconds"] += t_train
+            if not (math.isfinite(sr_sum) and math.isfinite(kg_sum)):
+                raise TrainingDiverged(f"{self.model_name}: training diverged in epoch {epoch}: the "
+                                       f"{'SR' if not math.isfinite(sr_sum) else 'knowledge'} loss became "
+                                       f"{sr_sum if not math.isfinite(sr_sum) else kg_sum}. Lower the learning rate "
+                                       f"(now {c.lr:g}) or check the data")
+            self._epoch = epoch
             valid = self._eval(model, "valid")
             test = self._eval(model, "test") if c.eval_test_each_epoch else None
+            self._epoch = None
             rec = {"epoch": epoch, "sr_loss": sr_sum / max(1, n_batches),
                    "kg_loss": (kg_sum / kg_steps) if kg_steps else None,
                    "train_seconds": round(t_train, 3), "train_samples_per_s": round(n / t_train, 1),
@@ -412,7 +439,8 @@ class Trainer:
 
     def _tune_repeat_boost(self, model: SessionModel, best_epoch: int) -> dict | None:
         """Pick the model's inference-time ``repeat_boost`` from its ``repeat_boost_grid`` on
-        validation (ties go to the smaller boost), and re-save the best checkpoint with it."""
+        validation (ties go to the smaller boost), and re-save the best checkpoint with it.
+        Neural and count-based models alike (MKM-SR+, and STAN / V-SKNN with reminders)."""
         grid = tuple(getattr(model.config, "repeat_boost_grid", ()) or ())
         if not grid:
             return None
@@ -425,23 +453,28 @@ class Trainer:
         model.config.repeat_boost = best
         log.info("%s: repeat_boost %.3g chosen on validation %s (%s)", self.model_name, best, select,
                  ", ".join(f"{b:g}: {v:.3f}" for b, v in curve.items()))
-        if self.out_dir is not None and self.main:
+        if self.out_dir is not None and self.main and model.trainable:
             save_checkpoint(self.out_dir / "best", model, self.model_name, self.data,
                             {"epoch": best_epoch, "train_config": dataclasses.asdict(self.config)})
         return {"repeat_boost": best, f"valid_{select}_by_boost": {str(b): v for b, v in curve.items()}}
 
     def _finish(self, model: SessionModel, best_epoch: int, epochs_run: int, stopped_early: bool,
                 t_train: float) -> dict:
-        tuned = self._tune_repeat_boost(model, best_epoch) if model.trainable else None
+        tuned = self._tune_repeat_boost(model, best_epoch)
         valid = self._eval(model, "valid")
-        test = self._eval(model, "test")
+        try:
+            counts = split_rank_counts(model, self.data, "test", self.config.eval_batch_size, self.config.max_len,
+                                       self.device) if self.dist is None else None
+        except NonFiniteScoreError as e:
+            raise TrainingDiverged(f"{self.model_name}: the selected model gives non-finite test scores: {e}") from e
+        test = metrics_from_counts(counts, self.data.item_train_count) if counts is not None else self._eval(model, "test")
         metrics = {
             "model": self.model_name, "seed": self.config.seed, "dataset": str(self.data.path.resolve()),
             "dataset_sha256": self.data.content_hash,
             "protocol": "test = the test set at the epoch with the best validation " + self.config.select_metric,
             "best_epoch": best_epoch, "epochs_run": epochs_run, "stopped_early": stopped_early,
             "valid": valid, "test": test,
-            "test_best_over_epochs": self._optimistic(test, best_epoch),
+            "test_best_over_epochs": self._optimistic(test, best_epoch, bool(tuned)),
             "train_seconds": round(t_train, 2),
             "train_samples_per_s": (round(float(np.mean([h["train_samples_per_s"] for h in self.history])), 1)
                                     if self.history else None),
@@ -452,13 +485,24 @@ class Trainer:
         if self.out_dir is not None and self.main:
             if not model.trainable:
                 save_checkpoint(self.out_dir / "best", model, self.model_name, self.data, {"epoch": 0, "valid": valid})
+            if counts is not None:
+                # per-sample test rank counts of the selected model, for paired comparisons
+                # (mkmsr.benchmark.paired_bootstrap) without reloading the checkpoint
+                tmp = self.out_dir / ".test_ranks.tmp.npz"
+                np.savez_compressed(tmp, greater=counts["greater"].astype(np.int32),
+                                    ties=counts["ties"].astype(np.int32), targets=counts["targets"].astype(np.int64))
+                tmp.replace(self.out_dir / "test_ranks.npz")
             write_json(self.out_dir / "metrics.json", metrics)
         self.model = model
         return metrics
 
-    def _optimistic(self, final_test: dict, best_epoch: int = 0) -> dict:
-        # every epoch's test figures, and the final model's (which differ when a validation-tuned
-        # inference-time term such as repeat_boost was added after training)
+    def _optimistic(self, final_test: dict, best_epoch: int = 0, tuned_after: bool = False) -> dict:
+        if tuned_after:
+            # the per-epoch test figures were taken without the inference-time term tuned after
+            # training (repeat_boost): mixing them with the final figure compares unlike models
+            return {"protocol": "not applicable: an inference-time term (repeat_boost) was tuned on "
+                                "validation after training, so per-epoch test figures describe another model",
+                    "not_applicable": True}
         tests = [(h["epoch"], h["test"]) for h in self.history if h.get("test")] + [(best_epoch, final_test)]
         out: dict[str, Any] = {"protocol": OPTIMISTIC_LABEL}
         for key in final_test:

@@ -55,6 +55,11 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "item-knn": (ItemKNN, {}),
     "v-sknn": (VSKNN, {}),
     "stan": (STAN, {}),
+    # the same with a reminder: MKM-SR+'s validation-tuned repeat boost, on max-normalised scores
+    # (session-rec's "remind" variants play the same role), so the neural and the count-based
+    # rows get the same heuristic
+    "v-sknn-remind": (VSKNN, {"repeat_boost_grid": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)}),
+    "stan-remind": (STAN, {"repeat_boost_grid": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)}),
 }
 
 

@@ -219,13 +219,28 @@ class SessionKNNBase(CountModel):
 
     def logits(self, batch: Batch) -> torch.Tensor:
         outs = []
+        beta = float(getattr(self.config, "repeat_boost", 0.0))
         for lo in range(0, batch.items.shape[0], self.chunk):
             b = Batch(batch.items[lo:lo + self.chunk], batch.ops[lo:lo + self.chunk],
                       batch.lengths[lo:lo + self.chunk])
             pos = session_positions(b, self.spec.n_items)
             nb, w = self.neighbours(pos, b.lengths)
-            outs.append(self.item_scores(pos, b.lengths, nb, w, self._derived())[:, 1:])
+            sc = self.item_scores(pos, b.lengths, nb, w, self._derived())
+            if beta:
+                sc = remind(sc, pos, beta)
+            outs.append(sc[:, 1:])
         return torch.cat(outs)
+
+
+def remind(scores: torch.Tensor, pos: torch.Tensor, beta: float) -> torch.Tensor:
+    """The reminder (repeat boost) of the session-kNN models: scores (B, n+1) divided by each
+    row's maximum (so they lie in [0, 1]; a positive scaling keeps the ranking and its ties),
+    plus ``beta`` for every item of the session (``pos`` > 0). The same term as MKM-SR+'s
+    ``repeat_boost`` (beta * 1[item in the session]), chosen on validation the same way, so
+    neither kind of model gets a heuristic the other lacks."""
+    top = scores.amax(dim=1, keepdim=True)
+    norm = torch.where(top > 0, scores / top.clamp(min=1e-30), scores)
+    return norm + beta * (pos > 0).to(scores.dtype)
 
 
 def scatter_items(n_cols: int, items: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ class SessionGraph:
 
     c(u->v) counts how often v directly follows u; the outgoing weight is exactly the paper's
     "occurrence frequency of {i_{k-1}, i_k} divided by the frequency that i_{k-1} occurs as a
-    preceding item"; the incoming one is its mirror (as in SR-GNN and the authors' code).
+    preceding item"; the incoming one is by default normalised by how often the target node is
+    entered (as in SR-GNN and the authors' code), or, with ``adjacency="paper"``, the same
+    weight read backwards (A_in = A_out^T, the paper's one weight per edge).
     """
 
     nodes: torch.Tensor
@@ -30,11 +32,15 @@ class SessionGraph:
     node_mask: torch.Tensor
 
 
-def session_graph(items: torch.Tensor, lengths: torch.Tensor, edge_weight: str = "count") -> SessionGraph:
+def session_graph(items: torch.Tensor, lengths: torch.Tensor, edge_weight: str = "count",
+                  adjacency: str = "srgnn") -> SessionGraph:
     """Build SessionGraph from right-padded ``items`` (B, L) and ``lengths`` (B,), vectorised.
 
     ``edge_weight``: ``count`` (paper: repeated transitions weigh more) or ``binary`` (each
     distinct edge counts once, as in the original SR-GNN code).
+    ``adjacency``: ``srgnn`` (default; SR-GNN's and the authors' code: the incoming matrix is
+    normalised by how often the target node is entered, c(u->v) / in(v)) or ``paper`` (§3.3.2:
+    each edge has one weight c(u->v) / out(u), used in both matrices, A_in = A_out^T).
     """
     B, L = items.shape
     dev = items.device
@@ -59,8 +65,13 @@ def session_graph(items: torch.Tensor, lengths: torch.Tensor, edge_weight: str =
     elif edge_weight != "count":
         raise ValueError(f"edge_weight must be 'count' or 'binary', got {edge_weight!r}")
     A_out = C / C.sum(dim=2, keepdim=True).clamp(min=1.0)
-    Ct = C.transpose(1, 2)
-    A_in = Ct / Ct.sum(dim=2, keepdim=True).clamp(min=1.0)
+    if adjacency == "paper":
+        A_in = A_out.transpose(1, 2)
+    elif adjacency == "srgnn":
+        Ct = C.transpose(1, 2)
+        A_in = Ct / Ct.sum(dim=2, keepdim=True).clamp(min=1.0)
+    else:
+        raise ValueError(f"adjacency must be 'srgnn' or 'paper', got {adjacency!r}")
     node_mask = torch.arange(N, device=dev)[None, :] < n_nodes[:, None]
     return SessionGraph(nodes, alias, A_in, A_out, node_mask)
 

@@ -43,6 +43,8 @@ class MKMSRConfig:
     gnn_steps: int = 1             # H (paper: 1)
     gnn_mode: str = "sum"          # sum = paper Eq. 1 | concat = SR-GNN / authors' code
     edge_weight: str = "count"     # count = paper §3.3.2 | binary = original SR-GNN
+    adjacency: str = "srgnn"       # srgnn: A_in = c(u->v)/in(v) (SR-GNN, authors' code) | paper: one
+                                   # weight c(u->v)/out(u) per edge in both matrices (§3.3.2)
     use_operations: bool = True    # False gives KM-SR
     use_knowledge: bool = True     # False gives M-SR
     op_h0: str = "first"           # first = paper Eq. 3 (h_0 = o_1) | zeros = authors' code
@@ -208,7 +210,7 @@ class MKMSR(SessionModel):
     def micro_behaviours(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, 2d) micro-behaviour embeddings M~ (Eq. 5), or (B, L, d) item ones for KM-SR.
         ``V``: the item vectors (default ``item_embeddings()``)."""
-        g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
+        g = session_graph(batch.items, batch.lengths, self.config.edge_weight, self.config.adjacency)
         if V is None:
             V = self.item_embeddings()
         h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))           # (B, N, d)

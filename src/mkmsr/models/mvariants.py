@@ -33,6 +33,7 @@ class MicroConfig:
     gnn_steps: int = 1          # H (paper: 1)
     gnn_mode: str = "sum"       # paper Eq. 1
     edge_weight: str = "count"  # paper §3.3.2
+    adjacency: str = "srgnn"    # srgnn: A_in normalised by in-degree (SR-GNN) | paper: A_in = A_out^T
     init_std: float = 0.1
 
 
@@ -73,7 +74,7 @@ class MicroBehaviourSR(SessionModel):
         if self.config.encoder == "gru":
             M, _ = self.gru(self.token_embedding(tok))
             return M
-        g = session_graph(tok, batch.lengths, self.config.edge_weight)
+        g = session_graph(tok, batch.lengths, self.config.edge_weight, self.config.adjacency)
         h = self.ggnn(g.A_in, g.A_out, self.token_embedding(g.nodes))
         return h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))
 
@@ -101,12 +102,12 @@ class MGGNNx2SR(MKMSR):
         self._init(config.init_std)
 
     def micro_behaviours(self, batch: Batch, V: torch.Tensor | None = None) -> torch.Tensor:
-        g = session_graph(batch.items, batch.lengths, self.config.edge_weight)
+        g = session_graph(batch.items, batch.lengths, self.config.edge_weight, self.config.adjacency)
         if V is None:
             V = self.item_embeddings()
         h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))      # (B, L, d)
-        go = session_graph(batch.ops, batch.lengths, self.config.edge_weight)
+        go = session_graph(batch.ops, batch.lengths, self.config.edge_weight, self.config.adjacency)
         ho = self.op_ggnn(go.A_in, go.A_out, self.op_embedding(go.nodes))
         O = ho.gather(1, go.alias[:, :, None].expand(-1, -1, ho.shape[-1]))   # (B, L, d)
         return torch.cat([I, O], dim=-1)

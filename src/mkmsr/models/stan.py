@@ -36,6 +36,8 @@ class STANConfig:
     lambda_spw: float = 1.02     # factor 1 (positions in the current session); session-rec default
     lambda_snh: float = 5.0      # factor 2 (neighbour recency), days
     lambda_inh: float = 2.05     # factor 3 (positions in the neighbour)
+    repeat_boost: float = 0.0       # reminder: scores / row max + beta * 1[item in the session] (0 = off)
+    repeat_boost_grid: tuple = ()   # if given, the trainer picks repeat_boost from it on validation
 
 
 class STAN(SessionKNNBase):

@@ -15,7 +15,9 @@ For a current session s = (x_1, ..., x_L):
   max(0, 1 - 0.1 step), ``log`` 1/log10(step + 1.7), ``same`` 1.
 
 Items of the current session are scored like any other ("remind", session-rec's default). The
-final max-normalisation of session-rec does not change a ranking and is left out.
+final max-normalisation of session-rec does not change a ranking and is left out; the
+``repeat_boost`` option (registered as ``v-sknn-remind``) adds a validation-tuned reminder
+(see :func:`mkmsr.models.counting.remind`).
 (session-rec's ``linear`` weighting zeroes positions beyond 10 by a slip; we use the intended decay.)
 """
 from __future__ import annotations
@@ -66,6 +68,8 @@ class VSKNNConfig:
     weighting: str = "div"          # position decay of the current session's items
     weighting_score: str = "div"    # decay by how far back the neighbour's match lies
     idf_weighting: float = 0.0      # 0 = off
+    repeat_boost: float = 0.0       # reminder: scores / row max + beta * 1[item in the session] (0 = off)
+    repeat_boost_grid: tuple = ()   # if given, the trainer picks repeat_boost from it on validation
 
 
 class VSKNN(SessionKNNBase):
