@@ -95,8 +95,10 @@ def cmd_prepare(a: argparse.Namespace) -> int:
                         test_fraction=a.test_fraction)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
-    if raw_format is None and (a.drop_truncated_last_row or a.keep_out_of_period):
-        raise ConfigError("--drop-truncated-last-row and --keep-out-of-period apply to --format taobao only")
+    options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
+    misplaced = [k for k in options if raw_format is None or k not in raw_format.options]
+    if misplaced:
+        raise ConfigError(f"--{misplaced[0].replace('_', '-')} applies to --format taobao only")
     if a.format == "jdata-demo":
         if not a.source:
             raise ConfigError("--format jdata-demo needs --source DIR")
@@ -113,7 +115,6 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     else:
         if not a.source:
             raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
-        options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
         raw = raw_formats.read(a.format, a.source, gap, **options)
     out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
     from .fsutil import read_json
