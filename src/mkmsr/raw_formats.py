@@ -39,6 +39,20 @@ format         files in ``DIR``
                more than 2,000 rows starts a new session. Knowledge: artist, genre (one
                triplet per genre id), language, year (from the ISRC's characters 6-7:
                yy < 18 -> 20yy, else 19yy).
+``taobao``     ``UserBehavior.csv`` (Taobao UserBehavior, no header: user_id, item_id,
+               category_id, behavior_type, timestamp in unix seconds; grouped by user,
+               not in time order across users). Operation: behavior_type ``pv``,
+               ``cart``, ``fav``, ``buy`` (anything else is an error). Sessions: per
+               user in time order (ties keep file order), a gap > 30 minutes.
+               Knowledge: cate, one triplet per (item, category_id) the file pairs:
+               an item seen with two categories (one in the public head) keeps both,
+               as KKBOX's genres do (the knowledge model takes any number of values
+               per relation: TransH a triplet each, ``id+attributes`` their mean).
+               Rows timed outside the official period 2017-11-25 .. 2017-12-03 in
+               UTC+8 (:data:`TAOBAO_PERIOD`) are dropped and counted unless
+               ``keep_out_of_period``. A malformed last row (a download cut mid-row)
+               is an error naming it unless ``drop_truncated_last_row``; a malformed
+               row elsewhere is always an error. Line numbers are rows (no header).
 =============  =======================================================================
 
 Datetimes may carry a fraction (``2018-02-04 08:28:15.0``). The paper's filters (sessions of
