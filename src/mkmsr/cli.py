@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="raw logs + item knowledge -> a prepared dataset directory")
     s.add_argument("--format", required=True,
-                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, taobao "
-                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
+                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, "
+                        "taobao (read from --source DIR in their published layout; see mkmsr.raw_formats)")
     s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo and raw formats)")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
     s.add_argument("--knowledge", help="knowledge file: item, relation, value per row")

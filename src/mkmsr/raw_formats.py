@@ -452,7 +452,9 @@ def read_taobao(source: str | Path, session_gap: float | None = None, *, drop_tr
 
     ``drop_truncated_last_row``: a malformed *last* row (a download cut mid-row) is dropped with
     a logged warning naming it, instead of stopping with a :class:`DataError`; a malformed row
-    anywhere else is always an error. ``keep_out_of_period``: keep the rows whose timestamp is
+    anywhere else is always an error. (A row cut inside its timestamp still has five columns and
+    cannot be told from a complete one; its short timestamp falls before the period, so the
+    default period policy drops it.) ``keep_out_of_period``: keep the rows whose timestamp is
     outside :data:`TAOBAO_PERIOD` (dropped by default, with their count logged).
 
     Events: ``item`` Int64 (item_id), ``op`` Enum of :data:`TAOBAO_OPERATIONS`, ``time`` unix
@@ -522,10 +524,10 @@ def _scan_taobao(path: Path, drop_truncated_last_row: bool) -> tuple[pl.DataFram
         lines = _taobao_lines(path).collect(engine="streaming")
         last = lines.height
         problems = _taobao_problems(lines)
-        if problems.height == 0:  # the fast scan failed on something the line check accepts
-            raise DataError(f"could not read the file as {_TAOBAO_LAYOUT}", file=file)
-        if problems["__row"][0] == last and drop_truncated_last_row:
+        if problems.height and problems["__row"][0] == last and drop_truncated_last_row:
             df = _taobao_parse(lines.filter(pl.col("__row") < last))
+    if problems.height == 0:  # the fast scan failed on something the line check accepts
+        raise DataError(f"could not read the file as {_TAOBAO_LAYOUT}", file=file)
     row, column, what, line = problems.row(0)
     if row != last:
         raise DataError(f"{what} (line {line!r})", file=file, row=row, column=column,
