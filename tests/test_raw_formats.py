@@ -139,4 +139,4 @@ def test_missing_files_columns_and_unknown_format(tmp_path, capsys):
         read("jdata2020", tmp_path)
     assert main(["prepare", "--format", "kkbox", "--out", str(tmp_path / "o")]) == 2
     assert "--source" in capsys.readouterr().err
-    assert set(FORMATS) == {"jdata2018", "jdata2019", "jdata2017", "kkbox"}
+    assert set(FORMATS) == {"jdata2018", "jdata2019", "jdata2017", "kkbox", "taobao"}

@@ -95,6 +95,10 @@ def cmd_prepare(a: argparse.Namespace) -> int:
                         test_fraction=a.test_fraction, test_filter=a.test_filter)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
+    options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
+    misplaced = [k for k in options if raw_format is None or k not in raw_format.options]
+    if misplaced:
+        raise ConfigError(f"--{misplaced[0].replace('_', '-')} applies to --format taobao only")
     if a.format == "jdata-demo":
         if not a.source:
             raise ConfigError("--format jdata-demo needs --source DIR")
@@ -111,7 +115,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     else:
         if not a.source:
             raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
-        raw = raw_formats.read(a.format, a.source, gap)
+        raw = raw_formats.read(a.format, a.source, gap, **options)
     out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
     from .fsutil import read_json
 
@@ -363,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="raw logs + item knowledge -> a prepared dataset directory")
     s.add_argument("--format", required=True,
-                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox "
-                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
+                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, "
+                        "taobao (read from --source DIR in their published layout; see mkmsr.raw_formats)")
     s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo and raw formats)")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
     s.add_argument("--knowledge", help="knowledge file: item, relation, value per row")
@@ -376,8 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--session-col", help="events column with the session key")
     s.add_argument("--user-col", help="events column with the user id (sessions cut by --session-gap)")
     s.add_argument("--time-format", help="strftime format of the time column (default: seconds or auto)")
-    s.add_argument("--session-gap", help="inactivity that starts a new session (default 1h; jdata2017 30m; "
-                   "kkbox counts rows: 2000)")
+    s.add_argument("--session-gap", help="inactivity that starts a new session (default 1h; jdata2017 and taobao "
+                   "30m; kkbox counts rows: 2000)")
+    s.add_argument("--drop-truncated-last-row", action="store_true",
+                   help="taobao: drop a malformed last row (a download cut mid-row) with a warning instead of "
+                        "stopping; a malformed row elsewhere is always an error")
+    s.add_argument("--keep-out-of-period", action="store_true",
+                   help="taobao: keep rows timed outside the official period 2017-11-25 .. 2017-12-03 (UTC+8); "
+                        "by default they are dropped and counted")
     s.add_argument("--kg-item-col", default="item_id")
     s.add_argument("--kg-relation-col", default="relation")
     s.add_argument("--kg-value-col", default="value")

@@ -39,6 +39,20 @@ format         files in ``DIR``
                more than 2,000 rows starts a new session. Knowledge: artist, genre (one
                triplet per genre id), language, year (from the ISRC's characters 6-7:
                yy < 18 -> 20yy, else 19yy).
+``taobao``     ``UserBehavior.csv`` (Taobao UserBehavior, no header: user_id, item_id,
+               category_id, behavior_type, timestamp in unix seconds; grouped by user,
+               not in time order across users). Operation: behavior_type ``pv``,
+               ``cart``, ``fav``, ``buy`` (anything else is an error). Sessions: per
+               user in time order (ties keep file order), a gap > 30 minutes.
+               Knowledge: cate, one triplet per (item, category_id) the file pairs:
+               an item seen with two categories (one in the public head) keeps both,
+               as KKBOX's genres do (the knowledge model takes any number of values
+               per relation: TransH a triplet each, ``id+attributes`` their mean).
+               Rows timed outside the official period 2017-11-25 .. 2017-12-03 in
+               UTC+8 (:data:`TAOBAO_PERIOD`) are dropped and counted unless
+               ``keep_out_of_period``. A malformed last row (a download cut mid-row)
+               is an error naming it unless ``drop_truncated_last_row``; a malformed
+               row elsewhere is always an error. Line numbers are rows (no header).
 =============  =======================================================================
 
 Datetimes may carry a fraction (``2018-02-04 08:28:15.0``). The paper's filters (sessions of
@@ -414,6 +428,169 @@ def read_kkbox(source: str | Path, session_gap: float | None = None) -> RawData:
 
 
 # --------------------------------------------------------------------------------------------
+# Taobao UserBehavior
+# --------------------------------------------------------------------------------------------
+
+TAOBAO_FILE = "UserBehavior.csv"
+#: the file's columns, in order (it has no header)
+TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
+#: behavior_type values: page view (click), add to cart, favourite, purchase
+TAOBAO_OPERATIONS = ("pv", "cart", "fav", "buy")
+#: the official period, [2017-11-25 00:00:00, 2017-12-04 00:00:00) in UTC+8, as unix seconds
+TAOBAO_PERIOD = (1511539200, 1512316800)
+_TAOBAO_OP = pl.Enum(list(TAOBAO_OPERATIONS))
+_TAOBAO_EXPECTED = {"user_id": "an integer user id", "item_id": "an integer item id",
+                    "category_id": "an integer category id",
+                    "behavior_type": f"one of {', '.join(TAOBAO_OPERATIONS)}",
+                    "timestamp": "unix seconds (an integer)"}
+_TAOBAO_LAYOUT = f"{len(TAOBAO_COLUMNS)} comma-separated columns {','.join(TAOBAO_COLUMNS)} and no header"
+
+
+def read_taobao(source: str | Path, session_gap: float | None = None, *, drop_truncated_last_row: bool = False,
+                keep_out_of_period: bool = False) -> RawData:
+    """Taobao UserBehavior (see the module docstring). ``session_gap`` in seconds (default 1800).
+
+    ``drop_truncated_last_row``: a malformed *last* row (a download cut mid-row) is dropped with
+    a logged warning naming it, instead of stopping with a :class:`DataError`; a malformed row
+    anywhere else is always an error. (A row cut inside its timestamp still has five columns and
+    cannot be told from a complete one; its short timestamp falls before the period, so the
+    default period policy drops it.) ``keep_out_of_period``: keep the rows whose timestamp is
+    outside :data:`TAOBAO_PERIOD` (dropped by default, with their count logged).
+
+    Events: ``item`` Int64 (item_id), ``op`` Enum of :data:`TAOBAO_OPERATIONS`, ``time`` unix
+    seconds; knowledge: ``(item_id, "cate", category_id)`` for every item of a complete row, both
+    triplets where an item carries two categories. ``RawData.source`` records
+    ``out_of_period_rows``, ``out_of_period`` (``dropped`` | ``kept``) and ``dropped_truncated_row``
+    (its 1-based row, or None).
+    """
+    source = Path(source)
+    gap = 1800.0 if session_gap is None else float(session_gap)
+    _require_files(source, [TAOBAO_FILE])
+    path = source / TAOBAO_FILE
+    df, dropped_row = _scan_taobao(path, drop_truncated_last_row)
+    knowledge = df.select(pl.col("item_id").alias("item"), pl.lit("cate").alias("relation"),
+                          pl.col("category_id").cast(pl.Utf8).alias("value")).unique(maintain_order=True)
+    t = pl.col("timestamp")
+    outside = int(df.select(((t < TAOBAO_PERIOD[0]) | (t >= TAOBAO_PERIOD[1])).sum()).item())
+    if outside and not keep_out_of_period:
+        df = df.filter((t >= TAOBAO_PERIOD[0]) & (t < TAOBAO_PERIOD[1]))
+        log.info("%s: dropped %d rows with a timestamp outside the official period 2017-11-25 .. 2017-12-03 "
+                 "(UTC+8); keep them with --keep-out-of-period", path, outside)
+    if df.height == 0:
+        raise DataError("no row has a timestamp inside the official period 2017-11-25 00:00 .. 2017-12-03 23:59:59 "
+                        "(UTC+8)", file=str(path), column="timestamp",
+                        expected="UserBehavior timestamps, or keep_out_of_period / --keep-out-of-period")
+    df = df.select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"),
+                   pl.col("behavior_type").alias("op"), t.cast(pl.Float64).alias("time"),
+                   pl.col("__row").alias("row"))
+    events, keys = cut_sessions(df, gap)
+    return RawData(_events(events), knowledge,
+                   {"format": "taobao", "path": str(source.resolve()), "session_gap_seconds": gap,
+                    "out_of_period_rows": outside, "out_of_period": "kept" if keep_out_of_period else "dropped",
+                    "dropped_truncated_row": dropped_row},
+                   knowledge_file=str(path), session_keys=keys)
+
+
+def _scan_taobao(path: Path, drop_truncated_last_row: bool) -> tuple[pl.DataFrame, int | None]:
+    """The typed rows of a UserBehavior file (``__row`` 1-based line number, the five columns,
+    ``behavior_type`` as an Enum) and the number of a dropped truncated last row (or None).
+
+    Fast path: a streaming scan with native integer parsing. Only when it meets a bad row is
+    the file read again as lines to say exactly what is wrong; a bad last row alone needs only
+    that one line.
+    """
+    file = str(path)
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", file=file, expected=f"rows of {_TAOBAO_LAYOUT}")
+    schema = dict(zip(TAOBAO_COLUMNS, (pl.Int64, pl.Int64, pl.Int64, pl.Utf8, pl.Int64)))
+    lf = (pl.scan_csv(path, has_header=False, schema=schema, quote_char=None, row_index_name="__row",
+                      row_index_offset=1)
+          .with_columns(pl.col("__row").cast(pl.Int64), pl.col("behavior_type").cast(_TAOBAO_OP, strict=False)))
+    try:
+        df = lf.collect(engine="streaming")
+    except pl.exceptions.PolarsError:  # e.g. text in an integer column, a sixth column
+        df = None
+    if df is not None:
+        bad = df.filter(pl.any_horizontal(pl.col(c).is_null() for c in TAOBAO_COLUMNS))["__row"]
+        if bad.len() == 0:
+            return df, None
+        last = df.height
+        if bad.to_list() == [last]:
+            lines = _taobao_lines(path).filter(pl.col("__row") == last).collect(engine="streaming")
+            problems = _taobao_problems(lines)
+        else:
+            df = None
+    if df is None:
+        lines = _taobao_lines(path).collect(engine="streaming")
+        last = lines.height
+        problems = _taobao_problems(lines)
+        if problems.height and problems["__row"][0] == last and drop_truncated_last_row:
+            df = _taobao_parse(lines.filter(pl.col("__row") < last))
+    if problems.height == 0:  # the fast scan failed on something the line check accepts
+        raise DataError(f"could not read the file as {_TAOBAO_LAYOUT}", file=file)
+    row, column, what, line = problems.row(0)
+    if row != last:
+        raise DataError(f"{what} (line {line!r})", file=file, row=row, column=column,
+                        expected=_TAOBAO_EXPECTED.get(column, _TAOBAO_LAYOUT))
+    if not drop_truncated_last_row:
+        raise DataError(f"{what} (line {line!r}). This is the file's last line: if the file was cut off (an "
+                        "interrupted download), download it again, or drop this row with --drop-truncated-last-row "
+                        "(library: drop_truncated_last_row=True)", file=file, row=row, column=column,
+                        expected=_TAOBAO_EXPECTED.get(column, _TAOBAO_LAYOUT))
+    log.warning("%s: dropped the malformed last row %d %r (%s%s)", file, row, line,
+                f"column {column!r}: " if column else "", what)
+    df = df.filter(pl.col("__row") < last)
+    if df.height == 0:
+        raise DataError("the file has no complete row", file=file, expected=f"rows of {_TAOBAO_LAYOUT}")
+    return df, row
+
+
+def _taobao_lines(path: Path) -> pl.LazyFrame:
+    """The file as (``__row``, ``line``) with no field splitting (an empty line is null)."""
+    return pl.scan_csv(path, has_header=False, new_columns=["line"], schema={"line": pl.Utf8}, separator="\x1f",
+                       quote_char=None, truncate_ragged_lines=True, row_index_name="__row",
+                       row_index_offset=1).with_columns(pl.col("__row").cast(pl.Int64))
+
+
+def _taobao_cells(lines: pl.DataFrame) -> pl.DataFrame:
+    """Split lines into the five text cells (stripped; null where the line has no such column)."""
+    fields = pl.col("line").str.split(",")
+    return lines.with_columns(fields.list.len().fill_null(0).alias("__n"), *[
+        fields.list.get(i, null_on_oob=True).str.strip_chars().alias(c) for i, c in enumerate(TAOBAO_COLUMNS)])
+
+
+def _taobao_values(cells: pl.DataFrame) -> pl.DataFrame:
+    return cells.select("__row", *[pl.col(c).cast(pl.Int64, strict=False) if c != "behavior_type"
+                                   else pl.col(c).cast(_TAOBAO_OP, strict=False) for c in TAOBAO_COLUMNS])
+
+
+def _taobao_parse(lines: pl.DataFrame) -> pl.DataFrame:
+    return _taobao_values(_taobao_cells(lines))
+
+
+def _taobao_problems(lines: pl.DataFrame) -> pl.DataFrame:
+    """(``__row``, column or null, what is wrong, the line) of every bad line, in file order."""
+    cells = _taobao_cells(lines)
+    values = _taobao_values(cells)
+    n = pl.col("__n")
+    k = len(TAOBAO_COLUMNS)
+    checks = [(n == 0, None, pl.lit("an empty line")),
+              (n > k, None, pl.format(f"{{}} columns, not {k}", n))]
+    for i, c in enumerate(TAOBAO_COLUMNS):
+        cell = pl.col(c)
+        checks += [(n <= i, c, pl.format(f"missing: the row has only {{}} of the {k} columns", n)),
+                   (cell == "", c, pl.lit("empty value")),
+                   (pl.col(f"__v_{c}").is_null(), c, pl.format(
+                       "unknown behavior_type '{}'" if c == "behavior_type" else "cannot parse '{}'", cell))]
+    both = cells.with_columns(values.select(pl.all().exclude("__row").name.prefix("__v_")))
+    column = pl.coalesce([pl.when(cond).then(pl.lit(col if col else "", pl.Utf8)) for cond, col, _ in checks])
+    what = pl.coalesce([pl.when(cond).then(msg) for cond, _, msg in checks])
+    return (both.select("__row", column.alias("column"), what.alias("what"), pl.col("line").fill_null(""))
+            .filter(pl.col("what").is_not_null())
+            .with_columns(pl.when(pl.col("column") != "").then(pl.col("column")).alias("column")))
+
+
+# --------------------------------------------------------------------------------------------
 # the registry
 # --------------------------------------------------------------------------------------------
 
@@ -428,6 +605,7 @@ class RawFormat:
     default_gap: float
     min_item_count: int = 3  # paper §4.1.1: items seen fewer than 3 times are filtered out
     min_session_length: int = 2
+    options: tuple[str, ...] = ()  # keyword options of ``read`` beyond session_gap
 
 
 FORMATS: dict[str, RawFormat] = {
@@ -435,6 +613,8 @@ FORMATS: dict[str, RawFormat] = {
     "jdata2019": RawFormat("jdata2019", read_jdata2018, (JDATA2018_ACTION, JDATA2018_PRODUCT), "seconds", 3600.0),
     "jdata2017": RawFormat("jdata2017", read_jdata2017, (*JDATA2017_ACTIONS, JDATA2017_PRODUCT), "seconds", 1800.0),
     "kkbox": RawFormat("kkbox", read_kkbox, (KKBOX_TRAIN, KKBOX_SONGS, KKBOX_EXTRA), "rows", 2000.0),
+    "taobao": RawFormat("taobao", read_taobao, (TAOBAO_FILE,), "seconds", 1800.0,
+                        options=("drop_truncated_last_row", "keep_out_of_period")),
 }
 
 
@@ -444,16 +624,21 @@ def get_format(name: str) -> RawFormat:
     return FORMATS[name]
 
 
-def read(name: str, source: str | Path, session_gap: float | None = None) -> RawData:
+def read(name: str, source: str | Path, session_gap: float | None = None, **options) -> RawData:
     """Read the raw dataset ``name`` (see :data:`FORMATS`) from directory ``source``.
 
     ``session_gap``: the inactivity that starts a new session, in the format's ``gap_unit``
-    (None = the format's default).
+    (None = the format's default). ``options``: the format's own keyword options
+    (:attr:`RawFormat.options`, e.g. taobao's ``drop_truncated_last_row``); another is a ConfigError.
     """
     fmt = get_format(name)
     if session_gap is not None and session_gap <= 0:
         raise ConfigError(f"session_gap must be > 0, got {session_gap}")
-    raw = fmt.read(source, session_gap)
+    unknown = [k for k in options if k not in fmt.options]
+    if unknown:
+        raise ConfigError(f"format {name!r} has no option {unknown[0]!r} (its options: "
+                          f"{', '.join(fmt.options) or 'none'})")
+    raw = fmt.read(source, session_gap, **options)
     raw.source["format"] = name
     log.info("read %s from %s: %d events, %d sessions, %d knowledge triplets", name, source, raw.events.height,
              raw.session_keys.height if raw.session_keys is not None else -1,
