@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -178,7 +178,8 @@ class Trainer:
 
     def __init__(self, data: PreparedData, model_name: str, model_overrides: dict | None = None,
                  config: TrainConfig | None = None, out_dir: str | Path | None = None, progress: bool = True,
-                 dist: "DistContext | None" = None):
+                 dist: "DistContext | None" = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None):
         self.data = data
         # multi-process (DDP) training: see mkmsr.distributed for what each rank does
         self.dist = dist
@@ -193,6 +194,9 @@ class Trainer:
         if dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
         self.history: list[dict] = []
+        # called as on_epoch_end(epoch, validation metrics) right after each epoch's validation
+        # (mkmsr.tune reports to Optuna there; an exception it raises, e.g. TrialPruned, ends fit)
+        self.on_epoch_end = on_epoch_end
 
     # ------------------------------------------------------------------------------------------
     def _build(self) -> SessionModel:
@@ -334,6 +338,8 @@ class Trainer:
             t_train = time.perf_counter() - t0
             state["train_seconds"] += t_train
             valid = self._eval(model, "valid")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, valid)
             test = self._eval(model, "test") if c.eval_test_each_epoch else None
             rec = {"epoch": epoch, "sr_loss": sr_sum / max(1, n_batches),
                    "kg_loss": (kg_sum / kg_steps) if kg_steps else None,
