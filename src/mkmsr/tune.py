@@ -5,7 +5,7 @@ same :class:`~mkmsr.train.Trainer` as ``mkmsr train`` (early stopping on validat
 never looked at) or, for a count-based model, fits its statistics, and scores it by the
 validation metric (MRR@20 by default). TPE proposes the points (seeded); a median pruner stops
 a neural trial whose per-epoch validation metric falls below the median of earlier trials at
-the same epoch.
+the same epoch. The first trial of a new study is the model's default configuration.
 
 Everything lives in ``OUT``::
 
@@ -230,6 +230,11 @@ def check_space(model: str, space: SearchSpace) -> None:
 # the study
 # ---------------------------------------------------------------------------------------------
 
+#: the median pruner: no pruning before this many trials have completed, nor in a trial's first
+#: epochs (a randomly initialised model often dips before it learns: see TrainConfig.patience)
+PRUNE_STARTUP_TRIALS = 5
+PRUNE_WARMUP_EPOCHS = 2
+
 #: training options that say where a trial runs, not what it computes (kept out of the
 #: study's identity and of best_config.toml)
 MACHINE_OPTIONS = ("threads", "device")
@@ -339,7 +344,9 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                               "use another output folder")
         study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize",
                                     load_if_exists=True,
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+                                    # steps are 1-based epochs; the first prunable step is n_warmup_steps
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS,
+                                                                       n_warmup_steps=PRUNE_WARMUP_EPOCHS + 1))
         saved = study.user_attrs.get("settings")
         if saved is None:
             study.set_user_attr("settings", settings)
@@ -348,6 +355,8 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
             diff = sorted(k for k in settings if settings[k] != saved.get(k))
             raise ConfigError(f"{out}: the study there was run with other settings ({', '.join(diff)}: "
                               f"{saved.get(diff[0])!r} then, {settings[diff[0]]!r} now); use another output folder")
+        if saved is None:
+            _enqueue_defaults(study, model, space, fixed)
         # trials left RUNNING by a process that died (we hold the lock: nobody else is running one)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(t.number, state=TrialState.FAIL)
@@ -422,6 +431,17 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                "files": {"study": str(out / "study.db"), "trials": str(out / "trials.json"),
                          "best_config": str(out / "best_config.toml") if best else None}}
     return summary
+
+
+def _enqueue_defaults(study, model: str, space: SearchSpace, fixed: dict) -> None:
+    """Trial 0 of a new study: the model's defaults (each that lies in the space; the others
+    are sampled), so the search starts from the configuration it is meant to improve on."""
+    model_cfg, train_cfg = make_config(model), TrainConfig(**fixed)
+    point = {f"model.{k}": getattr(model_cfg, k) for k, d in space.model.items() if d.contains(getattr(model_cfg, k))}
+    point.update({f"train.{k}": getattr(train_cfg, k) for k, d in space.train.items()
+                  if d.contains(getattr(train_cfg, k))})
+    if point:
+        study.enqueue_trial(point, user_attrs={"start": "defaults"})
 
 
 def _neural_trial(trial, data: PreparedData, model: str, model_opts: dict, train_opts: dict, fixed: dict,
