@@ -122,8 +122,10 @@ def test_tiny_budget_writes_study_trials_and_a_config_train_reproduces(planted_d
                      "--out", str(run), "--no-progress"]) == 0
     conf = json.loads((run / "config.json").read_text())
     assert conf["model"] == "stamp" and conf["model_config"] == best["model_config"]
-    want = {k: v for k, v in best["train_config"].items() if k != "eval_test_each_epoch"}
-    assert {k: v for k, v in conf["train_config"].items() if k != "eval_test_each_epoch"} == want
+    # the same configuration, except what says where it runs and the per-epoch test figures
+    skip = ("eval_test_each_epoch", "threads", "device")
+    want = {k: v for k, v in best["train_config"].items() if k not in skip}
+    assert {k: v for k, v in conf["train_config"].items() if k not in skip} == want
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["valid"]["mrr@20"] == pytest.approx(best["value"], rel=1e-6)
 
@@ -233,6 +235,10 @@ def test_resumes_after_sigkill_mid_trial(planted_data, tmp_path):
     p = subprocess.run(_tune_cmd(planted_data, out, 2), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr + p.stdout
     assert f"trial {running[0]}: left unfinished by an interrupted run; marked failed" in p.stdout
+    # one progress line per finished trial, then the summary
+    assert any(line.startswith("trial ") and " complete: mrr@20 " in line and "| best mrr@20" in line
+               for line in p.stdout.splitlines()), p.stdout
+    assert "best configuration:" in p.stdout
     doc = json.loads((out / "trials.json").read_text())
     by_number = {t["number"]: t for t in doc["trials"]}
     for n in running:

@@ -380,17 +380,17 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                 if len(_finished(all_trials)) >= trials:
                     stopped = "trials"
                     break
-                if size is not None and len({json.dumps(t.params, sort_keys=True) for t in all_trials
-                                             if t.state == TrialState.COMPLETE}) >= size:
+                if size is not None and len({json.dumps(t.params, sort_keys=True)
+                                             for t in _finished(all_trials)}) >= size:
                     stopped = "space"
                     break
                 if time.monotonic() >= deadline:
                     stopped = "minutes"
                     break
                 trial = study.ask()
-                model_opts, train_opts = space.sample(trial)
                 t0 = time.perf_counter()
                 try:
+                    model_opts, train_opts = space.sample(trial)
                     if trainable:
                         value = _neural_trial(trial, data, model, model_opts, train_opts, fixed, seed, metric,
                                               deadline, bar)
