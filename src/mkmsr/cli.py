@@ -330,7 +330,13 @@ def cmd_tune(a: argparse.Namespace) -> int:
         import optuna
     except ImportError:
         raise ConfigError("mkmsr tune needs Optuna: pip install 'mkmsr[tune]'") from None
+    from tqdm.auto import tqdm
+
     from .tune import tune
+
+    def say(line: str) -> None:  # above the progress bar, when there is one
+        tqdm.write(line)
+        sys.stdout.flush()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     if not a.verbose:  # the trials' per-epoch lines only with -v
@@ -340,7 +346,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
                   if v is not None}
     res = tune(a.data, a.model, a.out, trials=a.trials, minutes=a.minutes, seed=a.seed, train_overrides=train_over,
                metric=a.metric, progress=not a.no_progress and sys.stderr.isatty(),
-               on_progress=lambda line: print(line, flush=True))
+               on_progress=say)
     c = res["trials"]
     print(f"\n{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed trials in {a.out} "
           f"(stopped by the {'time' if res['stopped'] == 'minutes' else res['stopped']} budget"
