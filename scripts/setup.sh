@@ -11,3 +11,5 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 # serve: the test suite starts the real HTTP server
 .venv/bin/python -m pip install -q -e ".[test,serve${MKMSR_EXTRAS:+,$MKMSR_EXTRAS}]"
+# tune: the test suite runs real Optuna studies (mkmsr tune)
+.venv/bin/python -m pip install -q -e ".[tune]"

@@ -329,6 +329,44 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("mkmsr tune needs Optuna: pip install 'mkmsr[tune]'") from None
+    from tqdm.auto import tqdm
+
+    from .tune import tune
+
+    def say(line: str) -> None:  # above the progress bar, when there is one
+        tqdm.write(line)
+        sys.stdout.flush()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
+    if not a.verbose:  # the trials' per-epoch lines only with -v
+        logging.getLogger("mkmsr.train").setLevel(logging.WARNING)
+    train_over = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("threads", a.threads),
+                                    ("max_len", a.max_len), ("batch_size", a.batch_size), ("device", a.device))
+                  if v is not None}
+    res = tune(a.data, a.model, a.out, trials=a.trials, minutes=a.minutes, seed=a.seed, train_overrides=train_over,
+               metric=a.metric, progress=not a.no_progress and sys.stderr.isatty(),
+               on_progress=say)
+    c = res["trials"]
+    print(f"\n{c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed trials in {a.out} "
+          f"(stopped by the {'time' if res['stopped'] == 'minutes' else res['stopped']} budget"
+          f"{'' if res['stopped'] != 'space' else ': every point of the space was tried'})")
+    best = res["best"]
+    if best is None:
+        print("no trial completed: no best configuration yet")
+        return 1
+    opts = {**best["model_options"], **best["train_options"]}
+    print(f"best: trial {best['number']}, validation {res['metric']} {best['value']:.3f}; "
+          + (" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items()) or "defaults"))
+    print(f"best configuration: {res['files']['best_config']}  (mkmsr train --config it --data DIR --out RUN)")
+    print(f"trials: {res['files']['trials']}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
@@ -514,6 +552,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress lines")
     s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("tune", help="hyper-parameter search with Optuna on validation (needs the 'tune' extra); "
+                       "writes a best configuration for `mkmsr train --config`")
+    s.add_argument("--model", required=True, help="model name; see `mkmsr models`")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--out", required=True, help="study folder: study.db (rerun to resume), trials.json, "
+                   "best_config.toml")
+    s.add_argument("--trials", type=int, default=20,
+                   help="finished (complete + pruned) trials the study should hold, earlier runs included (default 20)")
+    s.add_argument("--minutes", type=float, help="wall-clock budget of this run (default: none)")
+    s.add_argument("--metric", default="mrr@20", help="validation metric maximised (default mrr@20)")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed and every trial's training seed (default 0)")
+    s.add_argument("--epochs", type=int, help="maximum epochs per trial (default 30)")
+    s.add_argument("--patience", type=int, help="early-stopping patience per trial (default 5)")
+    s.add_argument("--batch-size", dest="batch_size", type=int, help="samples per SR step (default 128)")
+    s.add_argument("--max-len", dest="max_len", type=int, help="keep only the latest N micro-behaviours")
+    s.add_argument("--threads", type=int, help="torch CPU threads")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("models", help="list the registered models")
     s.set_defaults(func=lambda a: (print("\n".join(__import__("mkmsr.models", fromlist=["x"]).model_names())), 0)[1])

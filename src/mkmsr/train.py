@@ -37,7 +37,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -191,7 +191,8 @@ class Trainer:
 
     def __init__(self, data: PreparedData, model_name: str, model_overrides: dict | None = None,
                  config: TrainConfig | None = None, out_dir: str | Path | None = None, progress: bool = True,
-                 dist: "DistContext | None" = None):
+                 dist: "DistContext | None" = None,
+                 on_epoch_end: Callable[[int, dict], None] | None = None):
         self.data = data
         # multi-process (DDP) training: see mkmsr.distributed for what each rank does
         self.dist = dist
@@ -206,6 +207,9 @@ class Trainer:
         if dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
         self.history: list[dict] = []
+        # called as on_epoch_end(epoch, validation metrics) right after each epoch's validation
+        # (mkmsr.tune reports to Optuna there; an exception it raises, e.g. TrialPruned, ends fit)
+        self.on_epoch_end = on_epoch_end
 
     # ------------------------------------------------------------------------------------------
     def _build(self) -> SessionModel:
@@ -360,6 +364,8 @@ class Trainer:
                                        f"(now {c.lr:g}) or check the data")
             self._epoch = epoch
             valid = self._eval(model, "valid")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, valid)
             test = self._eval(model, "test") if c.eval_test_each_epoch else None
             self._epoch = None
             rec = {"epoch": epoch, "sr_loss": sr_sum / max(1, n_batches),
