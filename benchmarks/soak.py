@@ -397,6 +397,7 @@ def soak(model_a: Path, model_b: Path, work: Path, requests: int, clients: int, 
         return [mix.bad() if rng.random() < malformed else mix.well_formed() for _ in range(n)]
 
     warm, todo = plan(warmup), plan(requests)
+    load_start = os.getloadavg()  # the machine may be shared: say how busy it was
     port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "server.log"
@@ -544,7 +545,8 @@ def soak(model_a: Path, model_b: Path, work: Path, requests: int, clients: int, 
                     "mismatch_with_clients": mismatch},
         "access_log_lines": access_lines, "requests_counted_in_metrics": int(total_requests_in_metrics),
         "server": {"threads": server_threads, "max_body_bytes": MAX_BODY, "model_a": str(model_a),
-                   "model_b": str(model_b), "load_average_end": os.getloadavg()},
+                   "model_b": str(model_b), "load_average_start": load_start,
+                   "load_average_end": os.getloadavg()},
     }
     result["targets"] = {
         "no_5xx": fivexx == 0,
