@@ -346,6 +346,7 @@ def test_sighup_reloads_the_current_path(world):
     st, res = call(port, "POST", "/recommend", body(session, k=5))
     assert st == 200 and ids(res) == expected_top(world["rec_b"], session)
     assert world["server"].proc.poll() is None  # SIGHUP did not stop the server
+    assert scrape(port)[("mkmsr_model_reloads_total", (("outcome", "ok"), ("trigger", "sighup")))] == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -534,3 +535,52 @@ def test_two_apps_in_one_process_have_their_own_metrics(world):
     assert a.metrics.registry is not b.metrics.registry
     a.metrics.requests.labels("GET", "/health", "200").inc()
     assert b"/health" in a.metrics.exposition()[0] and b'endpoint="/health"' not in b.metrics.exposition()[0]
+
+
+def test_access_log_flag():
+    from mkmsr.cli import build_parser
+
+    def parsed(*extra):
+        return build_parser().parse_args(["serve", "--model", "m", *extra]).access_log
+
+    assert parsed() is None and parsed("--access-log") == "text" and parsed("--access-log", "json") == "json"
+    assert parsed("--access-log", "--port", "9") == "text"
+    with pytest.raises(SystemExit):
+        parsed("--access-log", "yaml")
+
+
+def test_observe_counts_crashes_and_abandoned_requests():
+    """Observe on bare ASGI apps: an exception before the answer is a 500, no answer at all a 499."""
+    import asyncio
+
+    from starlette.routing import Route
+
+    from mkmsr.serve_observe import UNMATCHED, Observe, ServerMetrics
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("boom")
+
+    async def gone(scope, receive, send):
+        await receive()  # the client disconnected; nothing is sent
+
+    def scope(path):
+        return {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "query_string": b""}
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(msg):
+        raise AssertionError(f"nothing should be sent: {msg}")
+
+    metrics = ServerMetrics(queue_depth=lambda: 0, generation=lambda: 1)
+    routes = [Route("/recommend", lambda r: None, methods=["POST"])]
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(Observe(crash, routes, metrics)(scope("/recommend"), receive, send))
+    asyncio.run(Observe(gone, routes, metrics)(scope("/elsewhere"), receive, send))
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for fam in text_string_to_metric_families(metrics.exposition()[0].decode()) for s in fam.samples}
+    assert requests_by(got, "/recommend", 500) == 1 and requests_by(got, UNMATCHED, 499) == 1
+    assert sum(v for (name, _), v in got.items() if name == "mkmsr_http_requests_total") == 2
+    assert got[("mkmsr_http_requests_in_flight", ())] == 0
