@@ -564,7 +564,8 @@ def soak(model_a: Path, model_b: Path, work: Path, requests: int, clients: int, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "soak"), help="models and server logs")
     p.add_argument("--model", help="checkpoint to serve (default: build one in --work)")
     p.add_argument("--reload-model", help="checkpoint swapped in mid-way (needed with --model)")

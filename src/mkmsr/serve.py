@@ -54,6 +54,7 @@ from .serve_observe import note
 # request models are built per server config inside create_app.
 if TYPE_CHECKING:  # torch and the model load only when a server starts (the CLI parser imports this)
     from .recommend import Recommendation, Recommender
+    from .serve_observe import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +166,10 @@ def _resolve(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None
 class InferenceWorker:
     """One thread scoring queued requests in micro-batches with the holder's current model."""
 
-    def __init__(self, holder: ModelHolder, config: ServeConfig, metrics=None):
+    def __init__(self, holder: ModelHolder, config: ServeConfig, metrics: "ServerMetrics | None" = None):
         self.holder = holder
         self.config = config
-        self.metrics = metrics  # a serve_observe.ServerMetrics, or None
+        self.metrics = metrics  # batch sizes and pass times go here
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -426,9 +427,8 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None, access_lo
     cfg = config or ServeConfig()
     cfg.validate()
     _, RecommendIn, BatchIn, ReloadIn, RecommendOut, BatchOut = _request_models(cfg)
-    worker = InferenceWorker(holder, cfg)
-    metrics = ServerMetrics(queue_depth=worker.queued, generation=lambda: holder.current.generation)
-    worker.metrics = metrics
+    metrics = ServerMetrics(queue_depth=lambda: worker.queued(), generation=lambda: holder.current.generation)
+    worker = InferenceWorker(holder, cfg, metrics)
 
     async def reload_on_signal() -> None:
         try:
@@ -464,7 +464,8 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None, access_lo
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             e = next(e for e in errs if e.get("type") == "json_invalid")
-            return _error(400, f"body: not valid JSON ({e.get('msg')}, {(e.get('ctx') or {}).get('error', '')})".strip())
+            detail = (e.get("ctx") or {}).get("error", "")
+            return _error(400, f"body: not valid JSON ({e.get('msg')}, {detail})".strip())
         msg = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errs[:5])
         if len(errs) > 5:
             msg += f"; and {len(errs) - 5} more"
