@@ -41,7 +41,7 @@ class Server:
         self.port = free_port()
         self.log = open(log_path, "w")
         args = [sys.executable, "-m", "mkmsr", "serve", "--model", str(model), "--host", HOST,
-                "--port", str(self.port), "--admin-token", TOKEN, "--threads", "1"]
+                "--port", str(self.port), "--admin-token", TOKEN, "--threads", "1", "--access-log", "json"]
         for k, v in LIMITS.items():
             args += [f"--{k.replace('_', '-')}", str(v)]
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -346,3 +346,241 @@ def test_sighup_reloads_the_current_path(world):
     st, res = call(port, "POST", "/recommend", body(session, k=5))
     assert st == 200 and ids(res) == expected_top(world["rec_b"], session)
     assert world["server"].proc.poll() is None  # SIGHUP did not stop the server
+    assert scrape(port)[("mkmsr_model_reloads_total", (("outcome", "ok"), ("trigger", "sighup")))] == 1
+
+
+# --------------------------------------------------------------------------------------------
+# observability: GET /metrics, the JSON access log, the body-size limit
+# --------------------------------------------------------------------------------------------
+
+def scrape(port) -> dict:
+    """/metrics parsed with prometheus_client's own parser: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    c = http.client.HTTPConnection(HOST, port, timeout=30)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    text = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("content-type").startswith("text/plain; version=")  # the text format
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def requests_by(samples, endpoint, status, method="POST") -> float:
+    key = ("mkmsr_http_requests_total", (("endpoint", endpoint), ("method", method), ("status", str(status))))
+    return samples.get(key, 0.0)
+
+
+def test_metrics_count_every_request_by_route_and_status(world):
+    port = world["port"]
+    before = scrape(port)
+    sent = {("/recommend", 200, "POST"): 2, ("/recommend", 422, "POST"): 3, ("/recommend", 400, "POST"): 2,
+            ("/recommend", 413, "POST"): 1, ("/recommend/batch", 200, "POST"): 1, ("/recommend", 405, "GET"): 1,
+            ("unmatched", 404, "GET"): 2}
+    for _ in range(2):
+        assert call(port, "POST", "/recommend", GOOD)[0] == 200
+    for _ in range(3):
+        assert call(port, "POST", "/recommend", {**GOOD, "k": 0})[0] == 422
+    for _ in range(2):
+        assert call(port, "POST", "/recommend", raw=b'{"events": [')[0] == 400
+    assert call(port, "POST", "/recommend", raw=b"[" + b" " * LIMITS["max_body_bytes"] + b"]")[0] == 413
+    assert call(port, "POST", "/recommend/batch", {"sessions": [GOOD, GOOD, GOOD]})[0] == 200
+    assert call(port, "GET", "/recommend")[0] == 405
+    assert call(port, "GET", "/no/such/path")[0] == 404
+    assert call(port, "GET", "/recommendations/42")[0] == 404
+    after = scrape(port)
+    for (endpoint, status, method), n in sent.items():
+        assert requests_by(after, endpoint, status, method) - requests_by(before, endpoint, status, method) == n, \
+            (endpoint, status, method)
+    # no raw path becomes a label: unknown paths are all 'unmatched'
+    assert not any(dict(labels).get("endpoint", "").startswith(("/no", "/recommendations"))
+                   for _, labels in after)
+    # latency: one observation per request, cumulative buckets ending in +Inf == count
+    lat = "mkmsr_http_request_duration_seconds"
+    rec = (("endpoint", "/recommend"),)
+    n_rec = sum(n for (e, _, _), n in sent.items() if e == "/recommend")
+    assert after[(f"{lat}_count", rec)] - before.get((f"{lat}_count", rec), 0) == n_rec
+    buckets = sorted((float(dict(lb)["le"]), v) for (name, lb), v in after.items()
+                     if name == f"{lat}_bucket" and dict(lb)["endpoint"] == "/recommend")
+    assert [b for b, _ in buckets][-1] == float("inf") and buckets[-1][1] == after[(f"{lat}_count", rec)]
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    # the encoder saw the batch request's 3 sessions in a pass of >= 3 sessions
+    bs = "mkmsr_inference_batch_sessions"
+    assert after[(f"{bs}_count", ())] - before[(f"{bs}_count", ())] >= 1
+    assert after[(f"{bs}_sum", ())] - before[(f"{bs}_sum", ())] == 2 + 3  # 2 single requests + one batch of 3
+    assert after[("mkmsr_inference_queue_depth", ())] >= 0 and after[("mkmsr_http_requests_in_flight", ())] >= 1
+    assert after[("process_resident_memory_bytes", ())] > 10 * 2 ** 20
+
+
+def test_metrics_follow_the_model_generation_and_reloads(world):
+    port = world["port"]
+    before = scrape(port)
+    gen = call(port, "GET", "/health")[1]["generation"]
+    assert before[("mkmsr_model_generation", ())] == gen
+    ok = ("mkmsr_model_reloads_total", (("outcome", "ok"), ("trigger", "http")))
+    refused = ("mkmsr_model_reloads_total", (("outcome", "refused"), ("trigger", "http")))
+    assert admin(port, {"model": str(world["a"])})[0] == 200
+    assert admin(port, {"model": str(world["dir"] / "no-such-checkpoint")})[0] == 422
+    assert admin(port, token="wrong")[0] == 403  # not a reload attempt
+    after = scrape(port)
+    assert after[("mkmsr_model_generation", ())] == gen + 1
+    assert after[ok] - before[ok] == 1 and after[refused] - before[refused] == 1
+    assert requests_by(after, "/admin/reload", 403) - requests_by(before, "/admin/reload", 403) == 1
+
+
+def access_lines(world, n=1, timeout=10.0, **match) -> list[dict]:
+    """The server's JSON access-log lines whose fields equal ``match`` (waits for ``n`` of them)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = []
+        for line in open(world["server"].log_path, encoding="utf-8"):
+            if line.startswith("{"):
+                rec = json.loads(line)
+                if all(rec.get(k) == v for k, v in match.items()):
+                    lines.append(rec)
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_access_log_is_one_json_line_per_request(world):
+    port = world["port"]
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn.connect()
+    client = f"{HOST}:{conn.sock.getsockname()[1]}"
+    good = json.dumps(body([(world["items"]["item_id"][4], "click")], k=7)).encode()
+    assert call(port, "POST", "/recommend", raw=good, conn=conn)[0] == 200
+    assert call(port, "POST", "/recommend", {**GOOD, "k": 0}, conn=conn)[0] == 422
+    assert call(port, "POST", "/recommend/batch", {"sessions": [GOOD, {**GOOD, "k": 3}]}, conn=conn)[0] == 200
+    assert call(port, "GET", "/probe-access-log", conn=conn)[0] == 404
+    conn.close()
+    lines = access_lines(world, n=4, client=client)
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/recommend", 200), ("POST", "/recommend", 422), ("POST", "/recommend/batch", 200),
+        ("GET", "/probe-access-log", 404)]
+    ok, bad, batch, missing = lines
+    assert ok["n_items"] == 7 and "error" not in ok and ok["request_bytes"] == len(good)
+    assert ok["generation"] == call(port, "GET", "/health")[1]["generation"] and ok["response_bytes"] > 0
+    assert ok["duration_ms"] > 0 and ok["time"].endswith("Z") and ok["endpoint"] == "/recommend"
+    assert "k: Input should be greater than or equal to 1" in bad["error"] and "n_items" not in bad
+    assert batch["n_items"] == 20 + 3 and batch["n_sessions"] == 2
+    assert missing["error"] == "Not Found" and missing["endpoint"] == "unmatched"
+    # uvicorn's own access line is off in JSON mode
+    assert '"POST /recommend HTTP/1.1"' not in open(world["server"].log_path, encoding="utf-8").read()
+
+
+def raw_exchange(port, head: bytes, chunks=(), timeout=10.0) -> tuple[int, dict, bytes, bool]:
+    """Send ``head`` then ``chunks`` on a bare socket (ignoring a peer that stops reading);
+    return (status, headers, body, closed by the server)."""
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    try:
+        s.sendall(head)
+        for c in chunks:
+            try:
+                s.sendall(c)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head_end = data.index(b"\r\n\r\n")
+        lines = data[:head_end].decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:])}
+        payload = data[head_end + 4:]
+        while len(payload) < int(headers["content-length"]):
+            payload += s.recv(65536)
+        try:
+            closed = s.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        return int(lines[0].split()[1]), headers, payload, closed
+    finally:
+        s.close()
+
+
+def test_body_limit_refuses_a_declared_oversized_body_without_reading_it(world):
+    # a client declares 1 GB and sends nothing: the answer comes at once and the connection closes
+    t0 = time.monotonic()
+    status, headers, payload, closed = raw_exchange(
+        world["port"], b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 1000000000\r\n\r\n")
+    assert status == 413 and headers["connection"] == "close" and closed
+    assert time.monotonic() - t0 < 5
+    err = json.loads(payload)["error"]
+    assert f"over {LIMITS['max_body_bytes']} bytes" in err and "1000000000 bytes declared" in err
+    assert access_lines(world, status=413, request_bytes=1_000_000_000)
+
+
+def test_body_limit_stops_a_chunked_body_at_the_limit(world):
+    chunk = b"x" * 8192
+    frames = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 64  # 512 KB offered, 20 KB allowed
+    status, headers, payload, closed = raw_exchange(
+        world["port"], b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n", frames)
+    assert status == 413 and headers["connection"] == "close" and closed
+    assert "raise --max-body-bytes" in json.loads(payload)["error"]
+    # exactly at the limit is read (and judged on its JSON)
+    padded = json.dumps(GOOD).encode()
+    padded = padded[:-1] + b" " * (LIMITS["max_body_bytes"] - len(padded)) + b"}"
+    assert len(padded) == LIMITS["max_body_bytes"]
+    assert call(world["port"], "POST", "/recommend", raw=padded)[0] == 200
+
+
+def test_two_apps_in_one_process_have_their_own_metrics(world):
+    from mkmsr.serve import ModelHolder, create_app
+
+    holder = ModelHolder(world["b"])
+    a, b = create_app(holder), create_app(holder, access_log="json")  # no duplicate-timeseries error
+    assert a.metrics.registry is not b.metrics.registry
+    a.metrics.requests.labels("GET", "/health", "200").inc()
+    assert b"/health" in a.metrics.exposition()[0] and b'endpoint="/health"' not in b.metrics.exposition()[0]
+
+
+def test_access_log_flag():
+    from mkmsr.cli import build_parser
+
+    def parsed(*extra):
+        return build_parser().parse_args(["serve", "--model", "m", *extra]).access_log
+
+    assert parsed() is None and parsed("--access-log") == "text" and parsed("--access-log", "json") == "json"
+    assert parsed("--access-log", "--port", "9") == "text"
+    with pytest.raises(SystemExit):
+        parsed("--access-log", "yaml")
+
+
+def test_observe_counts_crashes_and_abandoned_requests():
+    """Observe on bare ASGI apps: an exception before the answer is a 500, no answer at all a 499."""
+    import asyncio
+
+    from starlette.routing import Route
+
+    from mkmsr.serve_observe import UNMATCHED, Observe, ServerMetrics
+
+    async def crash(scope, receive, send):
+        raise RuntimeError("boom")
+
+    async def gone(scope, receive, send):
+        await receive()  # the client disconnected; nothing is sent
+
+    def scope(path):
+        return {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "query_string": b""}
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(msg):
+        raise AssertionError(f"nothing should be sent: {msg}")
+
+    metrics = ServerMetrics(queue_depth=lambda: 0, generation=lambda: 1)
+    routes = [Route("/recommend", lambda r: None, methods=["POST"])]
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(Observe(crash, routes, metrics)(scope("/recommend"), receive, send))
+    asyncio.run(Observe(gone, routes, metrics)(scope("/elsewhere"), receive, send))
+    from prometheus_client.parser import text_string_to_metric_families
+
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for fam in text_string_to_metric_families(metrics.exposition()[0].decode()) for s in fam.samples}
+    assert requests_by(got, "/recommend", 500) == 1 and requests_by(got, UNMATCHED, 499) == 1
+    assert sum(v for (name, _), v in got.items() if name == "mkmsr_http_requests_total") == 2
+    assert got[("mkmsr_http_requests_in_flight", ())] == 0

@@ -267,7 +267,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
                       batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
                       admin_token=a.admin_token, scan=a.scan)
-    serve(a.model, a.host, a.port, cfg, access_log=a.access_log,
+    if a.access_log == "json":  # one bare JSON object per line on stdout, whatever -q/-v say
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("mkmsr.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    serve(a.model, a.host, a.port, cfg, access_log=a.access_log or False,
           log_level="warning" if a.quiet else "debug" if a.verbose > 1 else "info")
     return 0
 
@@ -506,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scan", choices=["bfloat16", "float32"],
                    help="how one session is ranked over the catalogue: one float32 product (default) or a bfloat16 "
                         "scan + exact float32 rescoring (same ranking, lower median, higher p99)")
-    s.add_argument("--access-log", action="store_true", help="log every request (off by default: it costs throughput)")
+    s.add_argument("--access-log", nargs="?", const="text", choices=["text", "json"],
+                   help="log every request (off by default: it costs throughput): 'text' (the default when the flag "
+                        "has no value) is uvicorn's line; 'json' writes one JSON object per request to stdout "
+                        "(time, method, path, endpoint, status, duration_ms, client, request_bytes, response_bytes, "
+                        "n_items or error) and turns uvicorn's off")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="synthetic data -> prepare -> train MKM-SR and variants -> results table")

@@ -9,12 +9,17 @@
 ``GET /health``          liveness, the serving model and its generation
 ``GET /model``           model name and config, the dataset manifest, the metrics
 ``POST /admin/reload``   ``{"model": DIR}`` (optional; default: the current path) -> swap models
+``GET /metrics``         Prometheus metrics: requests, latency, queue, batch sizes, reloads
+                         (:mod:`mkmsr.serve_observe`)
 ``GET /openapi.json``    the schema (``/docs`` renders it)
 =======================  ===================================================================
 
 Bad requests get a 4xx whose ``error`` names the field (``events[0].item_id: Field
 required``): 400 for a body that is not JSON, 413 for one over ``max_body_bytes``, 422 for
-a missing, mistyped, unknown or out-of-bounds field (bounds in :class:`ServeConfig`).
+a missing, mistyped, unknown or out-of-bounds field (bounds in :class:`ServeConfig`). A body
+whose declared Content-Length is over the limit is refused before any of it is read, one sent
+without a length (chunked) as soon as it passes the limit; both answers close the connection,
+so an oversized body is never read to its end.
 
 How a request is scored. The event loop only parses and validates; scoring runs on one
 inference thread (``threads`` torch threads) that takes every request queued at that moment
@@ -43,11 +48,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .serve_observe import note
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations, whose
 # request models are built per server config inside create_app.
 if TYPE_CHECKING:  # torch and the model load only when a server starts (the CLI parser imports this)
     from .recommend import Recommendation, Recommender
+    from .serve_observe import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +166,10 @@ def _resolve(fut: asyncio.Future, value: Any, exc: BaseException | None) -> None
 class InferenceWorker:
     """One thread scoring queued requests in micro-batches with the holder's current model."""
 
-    def __init__(self, holder: ModelHolder, config: ServeConfig):
+    def __init__(self, holder: ModelHolder, config: ServeConfig, metrics: "ServerMetrics | None" = None):
         self.holder = holder
         self.config = config
+        self.metrics = metrics  # batch sizes and pass times go here
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -213,6 +221,7 @@ class InferenceWorker:
             if first is None:
                 return
             jobs, stop = self._gather(first)
+            t0 = time.perf_counter()
             served = self.holder.current  # one model for the whole micro-batch
             try:
                 results = self._score(served, [s for j in jobs for s in j.sessions])
@@ -229,8 +238,11 @@ class InferenceWorker:
                         log.exception("scoring a request failed")
                         value, exc = None, e
                     j.loop.call_soon_threadsafe(_resolve, j.future, value, exc)
+            n = sum(len(j.sessions) for j in jobs)
             self.batches += 1
-            self.sessions += sum(len(j.sessions) for j in jobs)
+            self.sessions += n
+            if self.metrics is not None:
+                self.metrics.observe_batch(n, time.perf_counter() - t0)
             if stop:
                 return
 
@@ -246,14 +258,28 @@ class InferenceWorker:
 
 class BodyLimit:
     """ASGI middleware: read the request body up to ``limit`` bytes, else answer 413; bodies are
-    always read as JSON."""
+    always read as JSON.
+
+    A declared Content-Length over the limit is refused before a byte of the body is read; a body
+    without one (chunked) is refused as soon as it passes the limit. A 413 says
+    ``Connection: close``, so the server never reads the rest of an oversized body.
+    """
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
+    def _too_large(self, send, declared: int | None = None):
+        size = f"{declared} bytes declared, " if declared is not None else ""
+        msg = f"body: request body over {self.limit} bytes ({size}raise --max-body-bytes to accept it)"
+        note(error=msg)
+        return _send_json(send, 413, {"error": msg}, close=True)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(send, int(declared))
         chunks, total = [], 0
         while True:
             msg = await receive()
@@ -262,8 +288,7 @@ class BodyLimit:
             body = msg.get("body", b"")
             total += len(body)
             if total > self.limit:
-                return await _send_json(send, 413, {"error": f"body: request body over {self.limit} bytes "
-                                                             "(raise --max-body-bytes to accept it)"})
+                return await self._too_large(send)
             chunks.append(body)
             if not msg.get("more_body"):
                 break
@@ -284,12 +309,14 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-async def _send_json(send, status: int, obj: dict) -> None:
+async def _send_json(send, status: int, obj: dict, close: bool = False) -> None:
     import json
 
     body = json.dumps(obj).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the server closes the connection after this answer (the rest of the body is not read)
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -372,28 +399,45 @@ def _as_session(r) -> tuple:
     return ([(e.item_id, e.operation) for e in r.events], r.k, r.exclude, r.candidates, r.exclude_seen)
 
 
-def create_app(holder: ModelHolder, config: ServeConfig | None = None):
-    """The ASGI application (FastAPI behind the body-size limit) for ``holder``'s model."""
+def _error(status: int, msg: str, **extra):
+    """A JSON error answer ``{"error": msg}``; ``msg`` also goes to the request's access-log line."""
+    from fastapi.responses import JSONResponse
+
+    note(error=msg)
+    return JSONResponse(status_code=status, content={"error": msg, **extra})
+
+
+def create_app(holder: ModelHolder, config: ServeConfig | None = None, access_log: str | None = None):
+    """The ASGI application for ``holder``'s model: FastAPI behind the body-size limit, behind
+    :class:`~mkmsr.serve_observe.Observe` (metrics for ``GET /metrics``; with
+    ``access_log="json"`` one JSON line per request on the ``mkmsr.access`` logger)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Header, Request
+    from fastapi import FastAPI, Header, Request, Response
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     from . import __version__
+    from .serve_observe import Observe, ServerMetrics
 
+    if access_log not in (None, "json"):
+        raise ConfigError(f"access_log must be None or 'json', got {access_log!r}")
     cfg = config or ServeConfig()
     cfg.validate()
     _, RecommendIn, BatchIn, ReloadIn, RecommendOut, BatchOut = _request_models(cfg)
-    worker = InferenceWorker(holder, cfg)
+    metrics = ServerMetrics(queue_depth=lambda: worker.queued(), generation=lambda: holder.current.generation)
+    worker = InferenceWorker(holder, cfg, metrics)
 
     async def reload_on_signal() -> None:
         try:
             await run_in_threadpool(holder.reload)
         except Exception as exc:  # noqa: BLE001 - a bad checkpoint must not stop the server
+            metrics.reloads.labels("refused", "sighup").inc()
             log.error("SIGHUP reload refused, still serving generation %d: %s", holder.current.generation, exc)
+        else:
+            metrics.reloads.labels("ok", "sighup").inc()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -413,29 +457,29 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None):
     app = FastAPI(title="mkmsr", version=__version__, lifespan=lifespan,
                   description="Next-item recommendations for live sessions of (item, operation) micro-behaviours "
                               "(MKM-SR). Ids are the external ids of the prepared data.")
-    app.state.holder, app.state.worker, app.state.config = holder, worker, cfg
+    app.state.holder, app.state.worker, app.state.config, app.state.metrics = holder, worker, cfg, metrics
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         errs = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errs):
             e = next(e for e in errs if e.get("type") == "json_invalid")
-            return JSONResponse(status_code=400, content={"error": f"body: not valid JSON ({e.get('msg')}, "
-                                                                   f"{(e.get('ctx') or {}).get('error', '')})".strip()})
+            detail = (e.get("ctx") or {}).get("error", "")
+            return _error(400, f"body: not valid JSON ({e.get('msg')}, {detail})".strip())
         msg = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errs[:5])
         if len(errs) > 5:
             msg += f"; and {len(errs) - 5} more"
-        return JSONResponse(status_code=422, content={"error": msg, "detail": jsonable_encoder(errs)})
+        return _error(422, msg, detail=jsonable_encoder(errs))
 
     async def run(sessions: list[tuple]):
         try:
             return await worker.submit(sessions)
         except Overloaded as exc:
-            return JSONResponse(status_code=503, content={"error": f"overloaded: {exc}; retry later"})
+            return _error(503, f"overloaded: {exc}; retry later")
         except asyncio.TimeoutError:
-            return JSONResponse(status_code=503, content={"error": f"not scored within {cfg.request_timeout_s}s"})
+            return _error(503, f"not scored within {cfg.request_timeout_s}s")
         except ValueError as exc:
-            return JSONResponse(status_code=422, content={"error": str(exc)})
+            return _error(422, str(exc))
 
     @app.post("/recommend", response_model=RecommendOut, summary="top-k next items for one live session")
     async def recommend(req: RecommendIn):
@@ -443,6 +487,7 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None):
         if isinstance(res, JSONResponse):
             return res
         recs, served = res
+        note(n_items=len(recs[0].items), generation=served.generation)
         return {**recs[0].to_dict(), "model": served.tag()}
 
     @app.post("/recommend/batch", response_model=BatchOut, summary="top-k next items for many sessions")
@@ -451,6 +496,7 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None):
         if isinstance(res, JSONResponse):
             return res
         recs, served = res
+        note(n_items=sum(len(r.items) for r in recs), n_sessions=len(recs), generation=served.generation)
         return {"results": [r.to_dict() for r in recs], "model": served.tag()}
 
     @app.get("/health", summary="liveness and the serving model generation")
@@ -468,28 +514,43 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None):
     @app.post("/admin/reload", summary="load a checkpoint and swap it in atomically (a bad one is refused)")
     async def reload(req: ReloadIn | None = None, x_admin_token: str | None = Header(None)):
         if cfg.admin_token and x_admin_token != cfg.admin_token:
-            return JSONResponse(status_code=403, content={"error": "x-admin-token: missing or wrong"})
+            return _error(403, "x-admin-token: missing or wrong")
         old = holder.current
         try:
             new = await run_in_threadpool(holder.reload, req.model if req else None)
         except Exception as exc:  # noqa: BLE001 - any failure to load means: keep the old model
             log.warning("reload refused: %s", exc)
-            return JSONResponse(status_code=422, content={
-                "error": f"model: checkpoint refused ({type(exc).__name__}: {exc}); still serving generation "
-                         f"{old.generation} from {old.path}"})
+            metrics.reloads.labels("refused", "http").inc()
+            return _error(422, f"model: checkpoint refused ({type(exc).__name__}: {exc}); still serving generation "
+                               f"{old.generation} from {old.path}")
+        metrics.reloads.labels("ok", "http").inc()
+        note(generation=new.generation)
         return {"status": "reloaded", "model": new.rec.model_name, "generation": new.generation,
                 "checkpoint": new.path, "previous": {"generation": old.generation, "checkpoint": old.path}}
 
-    return BodyLimit(app, cfg.max_body_bytes)
+    @app.get("/metrics", summary="Prometheus metrics: requests by endpoint and status, latency, queue depth, "
+                                 "batch sizes, model generation and reloads")
+    async def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return Observe(BodyLimit(app, cfg.max_body_bytes), app.router.routes, metrics, access_json=access_log == "json")
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          access_log: bool = False, log_level: str = "info") -> None:
-    """Load ``model`` (checkpoint or run directory) and serve it with uvicorn until stopped."""
+          access_log: bool | str = False, log_level: str = "info") -> None:
+    """Load ``model`` (checkpoint or run directory) and serve it with uvicorn until stopped.
+
+    ``access_log``: False (none), True or ``"text"`` (uvicorn's access log), ``"json"`` (one JSON
+    line per request on the ``mkmsr.access`` logger; uvicorn's own access log off).
+    """
     try:
+        import prometheus_client  # noqa: F401 - GET /metrics
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("mkmsr serve needs the 'serve' extra: pip install 'mkmsr[serve]'") from exc
+    if access_log not in (False, True, "text", "json"):
+        raise ConfigError(f"access_log must be False, True, 'text' or 'json', got {access_log!r}")
     import os
 
     import torch
@@ -503,4 +564,5 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
     s = holder.current
     log.info("loaded %s from %s (%d items); listening on http://%s:%d", s.rec.model_name, s.path,
              s.rec.n_items, host, port)
-    uvicorn.run(create_app(holder, cfg), host=host, port=port, access_log=access_log, log_level=log_level)
+    app = create_app(holder, cfg, access_log="json" if access_log == "json" else None)
+    uvicorn.run(app, host=host, port=port, access_log=access_log in (True, "text"), log_level=log_level)
