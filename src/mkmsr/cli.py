@@ -70,6 +70,26 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
+def show_progress(a: argparse.Namespace) -> bool:
+    """Progress bars: ``--no-progress`` wins, then ``--progress``; otherwise only when stderr is a
+    terminal (a log file gets the one INFO line per epoch instead of bar frames)."""
+    if getattr(a, "no_progress", False):
+        return False
+    if getattr(a, "progress", False):
+        return True
+    return sys.stderr.isatty()
+
+
+def _tensorboard_dir(a: argparse.Namespace) -> str | None:
+    """``--tensorboard DIR``, checked before any training starts (the extra may be missing)."""
+    if not getattr(a, "tensorboard", None):
+        return None
+    from .tensorboard_log import open_writer
+
+    open_writer(a.tensorboard).close()  # raises ConfigError naming the extra when it is missing
+    return a.tensorboard
+
+
 METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20"), ("mrr@5", "MRR@5"),
                   ("mrr@10", "MRR@10"), ("mrr@20", "MRR@20"), ("ndcg@20", "NDCG@20"), ("samples", "samples")]
 
@@ -169,7 +189,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     dist = from_env(os.environ, cfg.device)
     try:
         m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
-                  progress=not a.no_progress, dist=dist)
+                  progress=show_progress(a), dist=dist,
+                  tensorboard_dir=_tensorboard_dir(a) if dist is None or dist.is_main else None)
     finally:
         shutdown()
     if dist is not None and not dist.is_main:
@@ -271,7 +292,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=a.out, models=a.models.split(","), epochs=a.epochs, seed=a.seed, progress=not a.no_progress,
+    run_demo(out=a.out, models=a.models.split(","), epochs=a.epochs, seed=a.seed, progress=show_progress(a),
              threads=a.threads)
     return 0
 
@@ -298,7 +319,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if models:
         res = run_benchmark(out, datasets, models, a.seeds, train_over, tune=not a.no_tune, lock=a.lock,
-                            on_progress=say)
+                            progress=a.progress, on_progress=say, tensorboard_dir=_tensorboard_dir(a))
         print((out / "results.md").read_text())
         if not res["datasets"]:
             return 1
@@ -403,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     s.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+    s.add_argument("--tensorboard", metavar="DIR", help="write per-epoch losses, learning rate, item-embedding "
+                   "norm and validation / test metrics as TensorBoard event files to DIR (the 'tensorboard' extra)")
     _add_train_flags(s)
     s.set_defaults(func=cmd_train)
 
@@ -464,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (default: only on a terminal)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("synth", help="write a synthetic events.csv + knowledge.csv")
@@ -500,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", help="figure directory (default OUT/figures)")
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress lines")
+    s.add_argument("--progress", action="store_true", help="per-epoch progress bars (default: none)")
+    s.add_argument("--tensorboard", metavar="DIR", help="per-epoch scalars of every run trained now as "
+                   "TensorBoard event files in DIR/<dataset>/<model>/seed<N> (the 'tensorboard' extra)")
     s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("models", help="list the registered models")
