@@ -7,7 +7,8 @@ mkmsr. Used by tests/test_recbole_files.py:
 
 Two loads: ``NAME.inter`` + ``NAME.item`` as a general dataset (every event, its fields and
 item features), and the per-split files ``NAME.{train,valid,test}.inter`` as the session-based
-benchmark setting of SRGNN (``benchmark_filename``), through ``data_preparation``.
+benchmark setting of SRGNN (``benchmark_filename``), through ``data_preparation``: every
+sample (session, prefix, target) of every split as RecBole holds it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import json
 import logging
 import os
 import sys
+
+
+def values(col):
+    """A field's values as a numpy array (a pandas column before ``build()``, a tensor after)."""
+    return col.numpy() if hasattr(col, "numpy") else col.to_numpy()
 
 
 def main() -> None:
@@ -31,29 +37,34 @@ def main() -> None:
 
     logging.getLogger().setLevel(logging.ERROR)
     item_fields = [f for f in a.item_fields.split(",") if f]
-    base = {"data_path": os.path.abspath(a.path), "dataset": a.dataset, "USER_ID_FIELD": "session_id",
+    # RecBole reads data_path/NAME/NAME.inter: the folder must be named after the dataset
+    if os.path.basename(os.path.abspath(a.path)) != a.dataset:
+        sys.exit(f"{a.path}: RecBole needs the folder to be named {a.dataset}")
+    base = {"data_path": os.path.dirname(os.path.abspath(a.path)), "dataset": a.dataset, "USER_ID_FIELD": "session_id",
             "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp", "device": "cpu", "use_gpu": False,
             "show_progress": False, "state": "ERROR", "seed": 0, "worker": 0,
-            "checkpoint_dir": os.path.join(os.path.abspath(a.path), "saved")}
+            "checkpoint_dir": os.path.join(os.path.abspath(a.path), "saved"), "save_dataset": False,
+            "save_dataloaders": False}
     # 1. the events file as a general (non-sequential) dataset: every row, every field
     cfg = {**base, "load_col": {"inter": ["session_id", "item_id", "timestamp", "operation"],
                                 "item": ["item_id", *item_fields]},
            "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "TO", "mode": "full", "group_by": "user"}}
     ds = create_dataset(Config(model="Pop", dataset=a.dataset, config_dict=cfg))
     inter = ds.inter_feat
-    sid, iid, op = (ds.id2token(f, inter[f].numpy()) for f in ("session_id", "item_id", "operation"))
+    sid, iid, op = (ds.id2token(f, values(inter[f])) for f in ("session_id", "item_id", "operation"))
     sessions: dict[str, list] = {}
-    for s, i, o, t in zip(sid, iid, op, inter["timestamp"].numpy()):
+    for s, i, o, t in zip(sid, iid, op, values(inter["timestamp"])):
         sessions.setdefault(str(s), []).append((str(i), str(o), float(t)))
     for evs in sessions.values():  # RecBole's rows sorted by time within each session
         evs.sort(key=lambda e: e[2])
     item_feat = ds.item_feat
     features = {}
+    items = ds.id2token("item_id", values(item_feat["item_id"]).astype("int64"))
     for f in item_fields:
-        tokens = ds.id2token(f, item_feat[f].numpy()) if item_feat[f].dim() == 1 else None
-        if tokens is not None:
-            items = ds.id2token("item_id", item_feat["item_id"].numpy())
-            features[f] = {str(i): str(v) for i, v in zip(items, tokens) if str(v) != "[PAD]"}
+        if ds.field2type[f].value != "token":  # token_seq: not compared here
+            continue
+        tokens = ds.id2token(f, values(item_feat[f]).astype("int64"))  # 0 (float after fillna) = [PAD]
+        features[f] = {str(i): str(v) for i, v in zip(items, tokens) if str(v) != "[PAD]"}
     general = {"inter_num": int(ds.inter_num), "session_num": int(ds.user_num) - 1,
                "item_num": int(ds.item_num) - 1, "fields": sorted(ds.field2type),
                "sessions": {s: [[i, o] for i, o, _ in evs] for s, evs in sessions.items()},
@@ -62,6 +73,7 @@ def main() -> None:
     # 2. the per-split sample files: RecBole's session-based benchmark setting (SRGNN)
     cfg = {**base, "benchmark_filename": ["train", "valid", "test"],
            "load_col": {"inter": ["session_id", "item_id_list", "item_id"], "item": ["item_id"]},
+           "alias_of_item_id": ["item_id_list"],  # one id space for prefixes and targets
            "MAX_ITEM_LIST_LENGTH": 1000, "train_neg_sample_args": None, "loss_type": "CE",
            "eval_args": {"mode": "full", "order": "TO", "split": None, "group_by": None}}
     config = Config(model="SRGNN", dataset=a.dataset, config_dict=cfg)
@@ -69,10 +81,14 @@ def main() -> None:
     train, valid, test = data_preparation(config, ds2)
     splits = {"train": len(train.dataset), "valid": len(valid.dataset), "test": len(test.dataset),
               "item_num": int(ds2.item_num) - 1}
-    first = train.dataset.inter_feat[:1]
-    seq = first["item_id_list"][0][: int(first["item_length"][0])].numpy()
-    splits["first_train_sample"] = {"prefix": [str(x) for x in ds2.id2token("item_id", seq)],
-                                    "target": str(ds2.id2token("item_id", first["item_id"].numpy())[0])}
+    for name, loader in (("train", train), ("valid", valid), ("test", test)):
+        feat = loader.dataset.inter_feat
+        sess = ds2.id2token("session_id", feat["session_id"].numpy())
+        target = ds2.id2token("item_id", feat["item_id"].numpy())
+        lists, lens = feat["item_id_list"].numpy(), feat["item_length"].numpy()
+        splits[f"{name}_samples"] = sorted(
+            [str(s), [str(x) for x in ds2.id2token("item_id", lst[:n])], str(t)]
+            for s, lst, n, t in zip(sess, lists, lens, target))
     print(json.dumps({"general": general, "benchmark": splits}))
 
 

@@ -95,8 +95,10 @@ def test_recbole_1_2_1_loads_the_export(synthetic_data, exported):
         assert {(i, r, v) for i, v in g["item_features"][r].items()} == {t for t in triplets if t[1] == r}
     assert (b["train"], b["valid"], b["test"]) == tuple(m[s]["samples"] for s in SPLITS)
     assert b["item_num"] == data.spec.n_items
-    key = pl.read_parquet(data.path / "train.sessions.parquet")["session_key"][0]
-    assert b["first_train_sample"] == {"prefix": [want[key][0][0]], "target": want[key][1][0]}
+    for s in SPLITS:  # every prefix -> next-item sample, as RecBole holds it
+        keys = pl.read_parquet(data.path / f"{s}.sessions.parquet")["session_key"].to_list()
+        ours = sorted([k, [i for i, _ in want[k][:n]], want[k][n][0]] for k in keys for n in range(1, len(want[k])))
+        assert b[f"{s}_samples"] == ours, s
 
 
 def test_user_sessions_token_seq_knowledge_and_cli(tmp_path):

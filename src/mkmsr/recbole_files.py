@@ -31,7 +31,9 @@ A missing field, a field of the wrong type, an empty id or an unparseable time s
   session-based benchmark setting: the artifact's own splits as one prefix -> next-item sample
   per line (``session_id:token item_id_list:token_seq item_id:token``), the samples mkmsr
   trains and evaluates on. RecBole reads them with ``benchmark_filename: [train, valid,
-  test]``; without that option it reads ``NAME.inter``.
+  test]`` and ``alias_of_item_id: [item_id_list]`` (without the alias it gives the prefixes' items
+  ids of their own, unrelated to the targets'); without ``benchmark_filename`` it reads
+  ``NAME.inter``.
 * ``export.json`` — what was written, with the artifact's content hash.
 
 Ids are written as they are (external ids); an id or value holding a tab, a line break or a
@@ -226,7 +228,8 @@ def _write_atomic(path: Path, df: pl.DataFrame) -> None:
 def export_recbole(data: PreparedData | str | Path, out_dir: str | Path, dataset: str | None = None, *,
                    splits: bool = True, max_len: int | None = None, overwrite: bool = False) -> Path:
     """Write a prepared artifact as RecBole atomic files into ``out_dir`` (see the module
-    docstring); ``dataset`` names the files (default: ``out_dir``'s name). ``max_len`` keeps only
+    docstring); ``dataset`` names the files (default: ``out_dir``'s name, which is
+    what RecBole expects: it reads ``data_path/NAME/NAME.inter``). ``max_len`` keeps only
     the latest ``max_len`` items of each prefix in the per-split files. Written to a temporary
     folder, renamed when complete. Returns ``out_dir``.
     """
@@ -238,6 +241,9 @@ def export_recbole(data: PreparedData | str | Path, out_dir: str | Path, dataset
         raise ConfigError(f"bad dataset name {name!r}: it names files NAME.inter, NAME.item")
     if max_len is not None and max_len < 1:
         raise ConfigError("max_len must be >= 1")
+    if name != out.name:  # RecBole reads DATA_PATH/NAME/NAME.inter
+        log.warning("RecBole looks for its files in a folder named after the dataset: %s/%s.inter will load "
+                    "only once the folder is renamed to %s", out, name, name)
     items = data.items.sort("item_idx")
     item_ids = items["item_id"].cast(pl.Utf8)
     ops = data.operations.sort("op_idx")["op"].cast(pl.Utf8)
