@@ -122,7 +122,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     elif a.format in ("csv", "parquet"):
         if not a.events:
             raise ConfigError(f"--format {a.format} needs --events FILE")
-        cols = ColumnMap(item=a.item_col, op=("operation" if a.op_col is None else a.op_col) or None, time=a.time_col or None,
+        op = "operation" if a.op_col is None else a.op_col
+        cols = ColumnMap(item=a.item_col, op=op or None, time=a.time_col or None,
                          session=a.session_col, user=a.user_col, time_format=a.time_format)
         relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
         raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
