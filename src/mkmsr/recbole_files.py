@@ -251,9 +251,10 @@ def export_recbole(data: PreparedData | str | Path, out_dir: str | Path, dataset
         raise DataError("items.parquet does not hold item_idx 1..n_items", file=str(data.path / "items.parquet"))
     _check_text(item_ids, "item id", in_seq=splits)
     _check_text(ops, "operation", in_seq=False)
-    # index -> external id lookups (index 0 = padding, never written)
-    item_lut = np.concatenate([[""], item_ids.to_numpy().astype(object)])
-    op_lut = np.concatenate([[""], ops.to_numpy().astype(object)])
+    # index -> external id lookups (index 0 = padding, never written); gathers stay in Polars,
+    # no Python string objects per event
+    item_lut = pl.concat([pl.Series([""], dtype=pl.Utf8), item_ids])
+    op_lut = pl.concat([pl.Series([""], dtype=pl.Utf8), ops])
 
     sess_tables = {s: pl.read_parquet(data.path / f"{s}.sessions.parquet") for s in SPLITS}
     keys = pl.concat([t["session_key"] for t in sess_tables.values()])
@@ -272,14 +273,12 @@ def export_recbole(data: PreparedData | str | Path, out_dir: str | Path, dataset
             key = st["session_key"].cast(pl.Utf8)
             if prefix_split:
                 key = f"{s}/" + key
-            frames.append(pl.DataFrame({
-                "session_id:token": np.repeat(key.to_numpy().astype(object), lens),
-                "item_id:token": item_lut[arr.items],
+            frames.append(pl.DataFrame([
+                key.gather(np.repeat(np.arange(arr.n_sessions), lens)).alias("session_id:token"),
+                item_lut.gather(arr.items).alias("item_id:token"),
                 # rounded to the microsecond: no float noise in the text (steps are 1000x larger)
-                "timestamp:float": np.round(np.repeat(st["start"].to_numpy(), lens) + pos * 1e-3, 6),
-                "operation:token": op_lut[arr.ops]}, schema={"session_id:token": pl.Utf8, "item_id:token": pl.Utf8,
-                                                             "timestamp:float": pl.Float64,
-                                                             "operation:token": pl.Utf8}))
+                pl.Series("timestamp:float", np.round(np.repeat(st["start"].to_numpy(), lens) + pos * 1e-3, 6)),
+                op_lut.gather(arr.ops).alias("operation:token")]))
             counts[s] = {"sessions": arr.n_sessions, "events": int(arr.items.size)}
             if splits:
                 counts[s]["samples"] = _write_samples(tmp / f"{name}.{s}.inter", arr, key, item_lut, max_len)
@@ -296,19 +295,18 @@ def export_recbole(data: PreparedData | str | Path, out_dir: str | Path, dataset
     return out
 
 
-def _write_samples(path: Path, arr, key: pl.Series, item_lut: np.ndarray, max_len: int | None) -> int:
+def _write_samples(path: Path, arr, key: pl.Series, item_lut: pl.Series, max_len: int | None) -> int:
     """One prefix -> next-item sample per line (the samples mkmsr trains on), ``max_len`` latest."""
     sess, prefix = arr.samples()
     eff = np.minimum(prefix, max_len) if max_len else prefix
     first = arr.offsets[sess] + prefix - eff
     flat = np.repeat(first - np.cumsum(eff) + eff, eff) + np.arange(int(eff.sum()))
     sample = np.repeat(np.arange(sess.size), eff)
-    seqs = pl.DataFrame({"s": sample, "i": item_lut[arr.items[flat]]}, schema={"s": pl.Int64, "i": pl.Utf8}) \
+    seqs = pl.DataFrame([pl.Series("s", sample), item_lut.gather(arr.items[flat]).alias("i")]) \
         .group_by("s", maintain_order=True).agg(pl.col("i").str.join(SEQ_SEPARATOR))
     _write_atomic(path, pl.DataFrame({
         "session_id:token": key.gather(sess), "item_id_list:token_seq": seqs["i"],
-        "item_id:token": item_lut[arr.items[arr.offsets[sess] + prefix]]},
-        schema={"session_id:token": pl.Utf8, "item_id_list:token_seq": pl.Utf8, "item_id:token": pl.Utf8}))
+        "item_id:token": item_lut.gather(arr.items[arr.offsets[sess] + prefix])}))
     return int(sess.size)
 
 
@@ -318,7 +316,8 @@ def _item_table(data: PreparedData, item_ids: pl.Series) -> tuple[pl.DataFrame, 
     n_items = data.spec.n_items
     rel_names = data.relations.sort("relation_idx")["relation"].cast(pl.Utf8).to_list()
     attrs = data.attributes
-    value_of = dict(zip(attrs["entity_idx"].to_list(), attrs["value"].cast(pl.Utf8).to_list()))
+    value_of = pl.Series([""] * data.spec.n_entities, dtype=pl.Utf8) \
+        .scatter(attrs["entity_idx"].to_numpy(), attrs["value"].cast(pl.Utf8))  # entity_idx -> value
     tbl = pl.DataFrame({"item_id:token": item_ids})
     types: dict[str, str] = {}
     for r, rname in enumerate(rel_names):
@@ -326,14 +325,13 @@ def _item_table(data: PreparedData, item_ids: pl.Series) -> tuple[pl.DataFrame, 
             raise DataError(f"relation name {rname!r} cannot be an atomic-file field name",
                             file=str(data.path / "relations.parquet"), expected="no ':', spaces or tabs; not item_id")
         t = kg[kg[:, 1] == r]
-        vals = pl.DataFrame({"item": t[:, 0].astype(np.int64), "value": [value_of[int(v)] for v in t[:, 2]]},
-                            schema={"item": pl.Int64, "value": pl.Utf8})
+        vals = pl.DataFrame([pl.Series("item", t[:, 0].astype(np.int64)), value_of.gather(t[:, 2]).alias("value")])
         multi = vals["item"].is_duplicated().any()
         _check_text(vals["value"], f"{rname} value", in_seq=multi)
         typ = "token_seq" if multi else "token"
         per_item = vals.group_by("item", maintain_order=True).agg(pl.col("value").str.join(SEQ_SEPARATOR))
-        col = np.full(n_items + 1, "", dtype=object)
-        col[per_item["item"].to_numpy()] = per_item["value"].to_numpy()
-        tbl = tbl.with_columns(pl.Series(f"{rname}:{typ}", col[1:], dtype=pl.Utf8))
+        col = pl.Series(f"{rname}:{typ}", [""] * (n_items + 1), dtype=pl.Utf8) \
+            .scatter(per_item["item"].to_numpy(), per_item["value"])
+        tbl = tbl.with_columns(col.slice(1))
         types[rname] = typ
     return tbl, types
