@@ -75,9 +75,14 @@ def test_benchmark_tensorboard_per_run_subfolders(planted_data, tmp_path):
     assert not (tmp_path / "tb" / "planted" / "pop").exists()  # nothing trained, no epochs
 
 
-def test_missing_tensorboard_names_the_extra(monkeypatch, tmp_path):
+def test_missing_tensorboard_names_the_extra(monkeypatch, tmp_path, capsys):
+    from mkmsr.cli import main
     from mkmsr.tensorboard_log import open_writer
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     with pytest.raises(ConfigError, match=r"mkmsr\[tensorboard\]"):
         open_writer(tmp_path / "tb")
+    # the CLI stops before training, with the message
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--tensorboard",
+                 str(tmp_path / "tb")]) == 2
+    assert "pip install 'mkmsr[tensorboard]'" in capsys.readouterr().err

@@ -84,9 +84,9 @@ def _tensorboard_dir(a: argparse.Namespace) -> str | None:
     """``--tensorboard DIR``, checked before any training starts (the extra may be missing)."""
     if not getattr(a, "tensorboard", None):
         return None
-    from .tensorboard_log import open_writer
+    from .tensorboard_log import summary_writer_class
 
-    open_writer(a.tensorboard).close()  # raises ConfigError naming the extra when it is missing
+    summary_writer_class()  # raises ConfigError naming the extra when it is missing
     return a.tensorboard
 
 

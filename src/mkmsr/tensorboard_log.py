@@ -30,16 +30,23 @@ _RECORD_TAGS = (("sr_loss", "loss/sr"), ("kg_loss", "loss/kg"), ("lr", "lr"),
                 ("item_embedding_norm", "item_embedding_norm"), ("train_samples_per_s", "train/samples_per_s"))
 
 
-def open_writer(log_dir: str | Path) -> Any:
-    """A ``torch.utils.tensorboard.SummaryWriter`` writing into ``log_dir`` (created if missing).
-
-    Raises ConfigError naming the extra when the ``tensorboard`` package is not installed.
-    """
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``; raises ConfigError naming the extra when the
+    ``tensorboard`` package is not installed (call it early to fail before training starts)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:  # torch raises ImportError when tensorboard is missing
         raise ConfigError("TensorBoard logging needs the 'tensorboard' package: "
                           "pip install 'mkmsr[tensorboard]'") from exc
+    return SummaryWriter
+
+
+def open_writer(log_dir: str | Path) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` writing into ``log_dir`` (created if missing).
+
+    Raises ConfigError naming the extra when the ``tensorboard`` package is not installed.
+    """
+    SummaryWriter = summary_writer_class()
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     log.info("TensorBoard event files -> %s", log_dir)
     return SummaryWriter(log_dir=str(log_dir))
