@@ -118,25 +118,12 @@ def subset(src: Path, dst: Path, train_samples: int, eval_samples: int) -> Path:
 
 
 def recbole_files(data_dir: Path, dst: Path, max_len: int) -> Path:
-    """Our samples as RecBole atomic files (tokens = our item_idx): one prefix -> target per line."""
-    from mkmsr.dataset import PreparedData
+    """Our samples as RecBole atomic files: ``bench.{train,valid,test}.inter``, one prefix -> target
+    per line (the samples our trainer sees), and ``bench.item`` with every catalogue item
+    (mkmsr.recbole_files, the same writer as ``mkmsr export --format recbole``)."""
+    from mkmsr.recbole_files import export_recbole
 
-    data = PreparedData(data_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "valid", "test"):
-        arr = data.split(split)
-        sess, prefix = arr.samples()
-        eff = np.minimum(prefix, max_len)
-        first = arr.offsets[sess] + prefix - eff
-        flat = np.repeat(first - np.cumsum(eff) + eff, eff) + np.arange(int(eff.sum()))
-        sample = np.repeat(np.arange(sess.size), eff)
-        seqs = pl.DataFrame({"s": sample, "i": arr.items[flat].astype(np.int64)}).group_by("s", maintain_order=True) \
-            .agg(pl.col("i").cast(pl.Utf8).str.join(" ").alias("item_id_list:token_seq"))
-        pl.DataFrame({"session_id:token": sess, "item_id_list:token_seq": seqs["item_id_list:token_seq"],
-                      "item_id:token": arr.items[arr.offsets[sess] + prefix].astype(np.int64)}) \
-            .write_csv(dst / f"{dst.name}.{split}.inter", separator="\t")
-    pl.DataFrame({"item_id:token": np.arange(1, data.spec.n_items + 1)}).write_csv(dst / f"{dst.name}.item", separator="\t")
-    return dst
+    return export_recbole(data_dir, dst, "bench", max_len=max_len, overwrite=True)
 
 
 # --------------------------------------------------------------------------------------------

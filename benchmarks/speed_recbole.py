@@ -46,6 +46,8 @@ def main() -> None:
         "benchmark_filename": ["train", "valid", "test"],
         "load_col": {"inter": ["session_id", "item_id_list", "item_id"], "item": ["item_id"]},
         "USER_ID_FIELD": "session_id", "ITEM_ID_FIELD": "item_id", "MAX_ITEM_LIST_LENGTH": a.max_len,
+        # without it RecBole maps item_id_list tokens to ids of their own, unrelated to item_id's
+        "alias_of_item_id": ["item_id_list"],
         "embedding_size": a.dim, "step": 1, "loss_type": "CE", "train_neg_sample_args": None,
         "learning_rate": 1e-3, "weight_decay": 1e-5, "train_batch_size": a.batch_size,
         "eval_batch_size": a.eval_batch_size, "epochs": a.epochs, "eval_args": {"mode": "full", "order": "TO",

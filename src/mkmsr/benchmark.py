@@ -132,10 +132,13 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
 
 
 def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | None = None,
-            progress: bool = False, train: bool = True) -> tuple[dict | None, bool]:
+            progress: bool = False, train: bool = True,
+            tensorboard_dir: str | Path | None = None) -> tuple[dict | None, bool]:
     """Train one run unless an identical finished one exists. Returns (metrics, trained_now);
-    with ``train=False`` only a finished run is read ((None, False) when there is none)."""
+    with ``train=False`` only a finished run is read ((None, False) when there is none).
+    ``tensorboard_dir``: per-epoch scalars go to its subfolder ``<dataset>/<model>/seed<N>``."""
     rd = spec.run_dir(out)
+    tb = Path(tensorboard_dir) / rd.relative_to(out / "runs") if tensorboard_dir else None
     if _same_run(rd, spec, data):
         return read_json(rd / "metrics.json"), False
     if not train:
@@ -148,12 +151,13 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     # (the Trainer rewrites config.json first; an interruption would pair it with stale metrics)
     (rd / "metrics.json").unlink(missing_ok=True)
     with cpu_lock(lock):
-        tr = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress)
+        tr = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress,
+                     tensorboard_dir=tb)
         try:
             m = tr.fit(resume=resume, overwrite=not resume)
         except ConfigError:  # the saved state belongs to another configuration: start again
             m = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd,
-                        progress=progress).fit(overwrite=True)
+                        progress=progress, tensorboard_dir=tb).fit(overwrite=True)
     return m, True
 
 
@@ -227,12 +231,14 @@ def mean_std(vals: Sequence[float]) -> tuple[float, float]:
 def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequence[str] | None = None,
                   seeds: int = 5, train_overrides: dict | None = None, tune: bool = True,
                   lock: str | Path | None = None, progress: bool = False,
-                  on_progress: Callable[[str], None] | None = None) -> dict:
+                  on_progress: Callable[[str], None] | None = None,
+                  tensorboard_dir: str | Path | None = None) -> dict:
     """Run ``models`` x ``datasets`` x ``seeds`` and write ``results.json`` / ``results.md``.
 
     ``datasets``: label -> prepared dataset directory. Count-based models (``trainable=False``)
     are deterministic: they run once (seed 0), after tuning on validation when ``tune``.
-    Returns the results dict (also in ``OUT/results.json``).
+    Returns the results dict (also in ``OUT/results.json``). ``tensorboard_dir``: each run
+    trained now writes its per-epoch scalars to ``<dir>/<dataset>/<model>/seed<N>``.
     """
     out = Path(out)
     models = list(models or model_names())
@@ -258,7 +264,7 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
             tuned[(label, model)] = tune_on_validation(out, label, data, base, grid, lock=lock) if grid else {}
         spec = RunSpec(label, data.path, model, seed, tuned[(label, model)], dict(train_overrides or {}))
         t = time.perf_counter()
-        m, fresh = run_one(out, spec, data, lock, progress)
+        m, fresh = run_one(out, spec, data, lock, progress, tensorboard_dir=tensorboard_dir)
         say(f"[{i}/{len(plan)}] {label} {model} seed {seed}: "
             f"{'trained in %.0fs' % (time.perf_counter() - t) if fresh else 'done before'}; "
             f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f} "

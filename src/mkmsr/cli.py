@@ -70,6 +70,26 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
+def show_progress(a: argparse.Namespace) -> bool:
+    """Progress bars: ``--no-progress`` wins, then ``--progress``; otherwise only when stderr is a
+    terminal (a log file gets the one INFO line per epoch instead of bar frames)."""
+    if getattr(a, "no_progress", False):
+        return False
+    if getattr(a, "progress", False):
+        return True
+    return sys.stderr.isatty()
+
+
+def _tensorboard_dir(a: argparse.Namespace) -> str | None:
+    """``--tensorboard DIR``, checked before any training starts (the extra may be missing)."""
+    if not getattr(a, "tensorboard", None):
+        return None
+    from .tensorboard_log import summary_writer_class
+
+    summary_writer_class()  # raises ConfigError naming the extra when it is missing
+    return a.tensorboard
+
+
 METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20"), ("mrr@5", "MRR@5"),
                   ("mrr@10", "MRR@10"), ("mrr@20", "MRR@20"), ("ndcg@20", "NDCG@20"), ("samples", "samples")]
 
@@ -83,7 +103,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     from .sources import ColumnMap, read_generic, read_jdata_demo
 
     raw_format = None
-    if a.format not in ("jdata-demo", "csv", "parquet"):
+    if a.format not in ("jdata-demo", "csv", "parquet", "recbole"):
         from . import raw_formats
 
         raw_format = raw_formats.get_format(a.format)
@@ -106,12 +126,25 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     elif a.format in ("csv", "parquet"):
         if not a.events:
             raise ConfigError(f"--format {a.format} needs --events FILE")
-        cols = ColumnMap(item=a.item_col, op=a.op_col or None, time=a.time_col or None,
+        op = "operation" if a.op_col is None else a.op_col
+        cols = ColumnMap(item=a.item_col, op=op or None, time=a.time_col or None,
                          session=a.session_col, user=a.user_col, time_format=a.time_format)
         relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
         raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
                            relations, a.valid_events, a.test_events, 3600.0 if gap is None else gap,
                            a.format, a.separator)
+    elif a.format == "recbole":
+        from .recbole_files import read_recbole
+
+        if not a.source or not a.dataset:
+            raise ConfigError("--format recbole needs --source DIR and --dataset NAME (reads DIR/NAME.inter "
+                              "and, when present, DIR/NAME.item)")
+        raw = read_recbole(a.source, a.dataset, session_field=a.session_col, user_field=a.user_col,
+                           item_field=a.item_col, time_field=a.time_col or None,
+                           op_field=("operation" if a.op_col is None else a.op_col) or None,
+                           require_op=bool(a.op_col),
+                           relations=[r.strip() for r in a.relations.split(",")] if a.relations else None,
+                           session_gap=3600.0 if gap is None else gap)
     else:
         if not a.source:
             raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
@@ -127,6 +160,22 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     c = m["counts"]
     print(f"\n{c['items']} items ({c['cold_items_in_catalogue']} cold), {c['operations']} operations, "
           f"{c['relations']} relations, {c['triplets']} triplets -> {out}  (sha256 {m['content_sha256'][:12]})")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .recbole_files import export_recbole
+
+    out = export_recbole(a.data, a.out, a.dataset, splits=not a.no_splits, max_len=a.max_len,
+                         overwrite=a.overwrite)
+    from .fsutil import read_json
+
+    m = read_json(out / "export.json")
+    rows = [{"split": s, **v} for s, v in m["splits"].items()]
+    print(format_table(rows, [("split", "split"), ("sessions", "sessions"), ("events", "events"),
+                              ("samples", "samples")]))
+    print(f"\n{m['items']} items, relations {m['relations'] or 'none'} -> {out}/{m['dataset']}.* "
+          f"({', '.join(m['files'])})")
     return 0
 
 
@@ -173,7 +222,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     dist = from_env(os.environ, cfg.device)
     try:
         m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
-                  progress=not a.no_progress, dist=dist)
+                  progress=show_progress(a), dist=dist,
+                  tensorboard_dir=_tensorboard_dir(a) if dist is None or dist.is_main else None)
     finally:
         shutdown()
     if dist is not None and not dist.is_main:
@@ -282,7 +332,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=a.out, models=a.models.split(","), epochs=a.epochs, seed=a.seed, progress=not a.no_progress,
+    run_demo(out=a.out, models=a.models.split(","), epochs=a.epochs, seed=a.seed, progress=show_progress(a),
              threads=a.threads)
     return 0
 
@@ -309,7 +359,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if models:
         res = run_benchmark(out, datasets, models, a.seeds, train_over, tune=not a.no_tune, lock=a.lock,
-                            on_progress=say)
+                            progress=a.progress, on_progress=say, tensorboard_dir=_tensorboard_dir(a))
         print((out / "results.md").read_text())
         if not res["datasets"]:
             return 1
@@ -412,18 +462,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="raw logs + item knowledge -> a prepared dataset directory")
     s.add_argument("--format", required=True,
-                   help="jdata-demo | csv | parquet | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, "
-                        "taobao (read from --source DIR in their published layout; see mkmsr.raw_formats)")
-    s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo and raw formats)")
+                   help="jdata-demo | csv | parquet | recbole (atomic files DIR/NAME.inter + NAME.item: --source, "
+                        "--dataset) | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, taobao "
+                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
+    s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo, recbole, raw formats)")
+    s.add_argument("--dataset", help="recbole: the dataset name NAME of DIR/NAME.inter and DIR/NAME.item")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
     s.add_argument("--knowledge", help="knowledge file: item, relation, value per row")
     s.add_argument("--valid-events", help="validation events (default: latest --valid-fraction of training sessions)")
     s.add_argument("--test-events", help="test events (default: latest --test-fraction of sessions)")
-    s.add_argument("--item-col", default="item_id", help="events column with the item id (default item_id)")
-    s.add_argument("--op-col", default="operation", help="events column with the operation ('' = none)")
-    s.add_argument("--time-col", default="timestamp", help="events column with the time ('' = row order)")
-    s.add_argument("--session-col", help="events column with the session key")
-    s.add_argument("--user-col", help="events column with the user id (sessions cut by --session-gap)")
+    s.add_argument("--item-col", default="item_id", help="events column (recbole: field) with the item id "
+                   "(default item_id)")
+    s.add_argument("--op-col", "--op-field", dest="op_col",
+                   help="events column (recbole: field) with the operation (default operation; '' = none; "
+                        "recbole: used when the field is present, required when named)")
+    s.add_argument("--time-col", default="timestamp", help="events column (recbole: field) with the time "
+                   "('' = row order)")
+    s.add_argument("--session-col", help="events column (recbole: field) with the session key (recbole default: "
+                   "session_id when present, else user_id)")
+    s.add_argument("--user-col", help="events column (recbole: field) with the user id (sessions cut by "
+                   "--session-gap)")
     s.add_argument("--time-format", help="strftime format of the time column (default: seconds or auto)")
     s.add_argument("--session-gap", help="inactivity that starts a new session (default 1h; jdata2017 and taobao "
                    "30m; kkbox counts rows: 2000)")
@@ -436,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kg-item-col", default="item_id")
     s.add_argument("--kg-relation-col", default="relation")
     s.add_argument("--kg-value-col", default="value")
-    s.add_argument("--relations", help="comma-separated allowed relations (others are an error)")
+    s.add_argument("--relations", help="comma-separated allowed relations (others are an error; recbole: the "
+                   "NAME.item fields to use, default every token / token_seq field)")
     s.add_argument("--separator", default=",", help="CSV field separator (default ,)")
     s.add_argument("--cold-start", choices=["drop", "keep"], default="drop",
                    help="test items unseen in training: drop them, or keep those with knowledge (default drop)")
@@ -452,6 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_prepare)
 
+    s = sub.add_parser("export", help="a prepared dataset -> RecBole atomic files (NAME.inter, NAME.item, "
+                       "NAME.{train,valid,test}.inter)")
+    s.add_argument("--format", required=True, choices=["recbole"], help="recbole: RecBole 1.2.1 atomic files")
+    s.add_argument("--data", required=True, help="prepared dataset directory")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--dataset", help="dataset name NAME of the files (default: the --out directory's name)")
+    s.add_argument("--no-splits", action="store_true", help="skip the per-split prefix -> next-item sample files")
+    s.add_argument("--max-len", dest="max_len", type=int, help="per-split files: keep only the latest N items "
+                   "of each prefix")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.set_defaults(func=cmd_export)
+
     s = sub.add_parser("train", help="train a model on a prepared dataset, select the epoch on validation")
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--model", help="model name (default mkmsr); see `mkmsr models`")
@@ -461,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     s.add_argument("--overwrite", action="store_true", help="start again even if --out holds a run")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (default: only on a terminal)")
+    s.add_argument("--tensorboard", metavar="DIR", help="write per-epoch losses, learning rate, item-embedding "
+                   "norm and validation / test metrics as TensorBoard event files to DIR (the 'tensorboard' extra)")
     _add_train_flags(s)
     s.set_defaults(func=cmd_train)
 
@@ -526,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (default: only on a terminal)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("synth", help="write a synthetic events.csv + knowledge.csv")
@@ -562,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--figures", help="figure directory (default OUT/figures)")
     s.add_argument("--no-figures", action="store_true")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress lines")
+    s.add_argument("--progress", action="store_true", help="per-epoch progress bars (default: none)")
+    s.add_argument("--tensorboard", metavar="DIR", help="per-epoch scalars of every run trained now as "
+                   "TensorBoard event files in DIR/<dataset>/<model>/seed<N> (the 'tensorboard' extra)")
     s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("tune", help="hyper-parameter search with Optuna on validation (needs the 'tune' extra); "

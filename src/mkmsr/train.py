@@ -192,8 +192,11 @@ class Trainer:
     def __init__(self, data: PreparedData, model_name: str, model_overrides: dict | None = None,
                  config: TrainConfig | None = None, out_dir: str | Path | None = None, progress: bool = True,
                  dist: "DistContext | None" = None,
-                 on_epoch_end: Callable[[int, dict], None] | None = None):
+                 on_epoch_end: Callable[[int, dict], None] | None = None,
+                 tensorboard_dir: str | Path | None = None):
         self.data = data
+        # per-epoch scalars as TensorBoard event files (see mkmsr.tensorboard_log)
+        self.tensorboard_dir = Path(tensorboard_dir) if tensorboard_dir else None
         # multi-process (DDP) training: see mkmsr.distributed for what each rank does
         self.dist = dist
         self.main = dist is None or dist.is_main
@@ -298,6 +301,12 @@ class Trainer:
 
         from tqdm.auto import tqdm
 
+        tb = None
+        if self.tensorboard_dir is not None and self.main:
+            from .tensorboard_log import open_writer, write_epoch
+
+            tb = open_writer(self.tensorboard_dir)
+
         while state["epoch"] < c.epochs and not state["stopped_early"]:
             epoch = state["epoch"] + 1
             rng = np.random.default_rng([c.seed, epoch])
@@ -397,11 +406,15 @@ class Trainer:
                      rec["sr_loss"], select, valid[select],
                      f" test {select} {test[select]:.3f}" if test else "", rec["train_samples_per_s"],
                      " *" if improved else "")
+            if tb is not None:
+                write_epoch(tb, rec)
             if out is not None and self.main:
                 self._save_state(model, opt, kg_opt, sched, state)
             if dist is not None:
                 state["stopped_early"] = dist.broadcast_object(state["stopped_early"])
 
+        if tb is not None:
+            tb.close()
         # restore the validation-selected weights
         if self.main:
             if out is not None:
@@ -555,15 +568,18 @@ class Trainer:
 
 def train(data: PreparedData | str | Path, model: str = "mkmsr", out_dir: str | Path | None = None,
           config: TrainConfig | None = None, model_overrides: dict | None = None, resume: bool = False,
-          overwrite: bool = False, progress: bool = True, dist: "DistContext | None" = None) -> dict:
+          overwrite: bool = False, progress: bool = True, dist: "DistContext | None" = None,
+          tensorboard_dir: str | Path | None = None) -> dict:
     """Train ``model`` on a prepared dataset; returns the metrics dict (also in out_dir/metrics.json).
 
     ``dist``: this process's place in a DDP process group (see :mod:`mkmsr.distributed`).
+    ``tensorboard_dir``: also write per-epoch scalars there (see :mod:`mkmsr.tensorboard_log`;
+    needs the ``tensorboard`` extra).
     """
     if not isinstance(data, PreparedData):
         data = PreparedData(data)
-    return Trainer(data, model, model_overrides, config, out_dir, progress, dist).fit(resume=resume,
-                                                                                     overwrite=overwrite)
+    return Trainer(data, model, model_overrides, config, out_dir, progress, dist,
+                   tensorboard_dir).fit(resume=resume, overwrite=overwrite)
 
 
 def load_train_config(d: dict) -> TrainConfig:
