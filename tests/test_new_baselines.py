@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from mkmsr.batching import Batch, batch_from_sequences
-from mkmsr.dataset import DatasetSpec, SplitArrays
+from mkmsr.dataset import DatasetSpec, PreparedData, SplitArrays
 from mkmsr.models import build_model
 from mkmsr.models.mgnnspred import neighbor_table
+from mkmsr.recommend import Recommender
+from mkmsr.train import TrainConfig, Trainer
 
 SPEC = DatasetSpec(n_items=20, n_entities=21, n_ops=4, n_relations=0)
 
@@ -212,3 +214,15 @@ def test_mgnnspred_session_of_unknown_operations_is_finite():
     with torch.no_grad():
         s = m.score(Batch(torch.tensor([[1, 2]]), torch.tensor([[0, 0]]), torch.tensor([2])))
     assert torch.isfinite(s[0, 1:]).all()
+
+
+def test_mgnnspred_learns_the_planted_next_item_with_more_epochs(planted_data, tmp_path):
+    """The shared contract's planted check, with 30 epochs instead of 12 (see NO_TRANSITIONS in
+    tests/test_model_contract.py for why MGNN-SPred needs them)."""
+    tr = Trainer(PreparedData(planted_data), "mgnn-spred", {"dim": 16},
+                 TrainConfig(epochs=30, patience=30, batch_size=32, lr=5e-3, seed=0), tmp_path, progress=False)
+    metrics = tr.fit()
+    rec = Recommender.load(tmp_path)
+    ok = sum(rec.recommend([(f"it{i}", "view")], k=1).items[0][0] == f"it{(i + 1) % 12}" for i in range(12))
+    assert ok >= 11, f"planted next item ranked first for only {ok}/12 items"
+    assert metrics["valid"]["hit@5"] > 90

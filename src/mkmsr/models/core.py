@@ -3,17 +3,17 @@ representation space for session-based recommendation; the CORE-trm variant.
 
 The session vector lives in the same space as the candidate items:
 
-* Representation-consistent encoding (§3.1, Eq. 2-4): with the (dropout-perturbed) embeddings
+* Representation-consistent encoding: with the (dropout-perturbed) embeddings
   x_1..x_n of the session's items, a transformer reads x_t + p_t (learned positions, LayerNorm,
   dropout; causal attention as in the authors' code), a linear map gives one weight per
   position, alpha = softmax_t(w^T F_t) over the real positions, and the session vector is the
   weighted sum of the *item embeddings themselves*: h_s = sum_t alpha_t x_t (no non-linear
   transform of the output, so h_s is in the span of the session's item embeddings);
-* Robust distance measuring (§3.2, Eq. 5-7): score(v) = cos(h_s, x_v) / tau with temperature
+* Robust distance measuring: score(v) = cos(h_s, x_v) / tau with temperature
   tau, item embeddings dropped out (``item_dropout``) on the candidate side during training,
   and a softmax cross-entropy over the full catalogue.
 
-Defaults are the paper's (§4.1.4) and the authors' config: 2 layers, 2 heads, feed-forward size
+Defaults are the paper's and the authors' config: 2 layers, 2 heads, feed-forward size
 256, dropout 0.5 in the transformer, session-item dropout 0.2, item dropout 0.2, tau = 0.07,
 parameters ~ N(0, 0.02), at most the latest 50 items. d = 100 (paper: 64), as every row here.
 """

@@ -1,13 +1,13 @@
 """GC-SAN (Xu, Zhao, Liu, Zhou, Sheng, Cui, Zhuang, Zhou; IJCAI 2019): graph contextualized
 self-attention network for session-based recommendation.
 
-* Dynamic graph structure (§3.2-3.3, Eq. 1-5): the session graph of SR-GNN (binary edges,
+* Dynamic graph structure: the session graph of SR-GNN (binary edges,
   incoming and outgoing adjacency normalised by degree) through SR-GNN's gated GNN, ``gnn_steps``
   steps, gives one vector h_t per position (the vector of the position's item node);
-* self-attention layers (§3.4, Eq. 6-8): E = softmax((H W^Q)(H W^K)^T / sqrt(d)) (H W^V),
+* self-attention layers: E = softmax((H W^Q)(H W^K)^T / sqrt(d)) (H W^V),
   F = ReLU(E W1 + b1) W2 + b2 + E, stacked k times (F^(k) = SAN(F^(k-1))), every position
   attending to every real position of the session (padding keys masked), with dropout;
-* prediction (§3.5, Eq. 9-10): S_f = omega F^(k)_n + (1 - omega) h_n, the attention output and
+* prediction: S_f = omega F^(k)_n + (1 - omega) h_n, the attention output and
   the GNN vector at the last position, and score(v_i) = S_f^T v_i with the item embedding,
   trained by a softmax cross-entropy over the full catalogue.
 
@@ -63,7 +63,7 @@ class GCSAN(SessionModel):
             self.item_embedding.weight[0].zero_()
 
     def gnn_states(self, batch: Batch) -> torch.Tensor:
-        """(B, L, d) the GNN vector of each position's item node (Eq. 1-5)."""
+        """(B, L, d) the GNN vector of each position's item node."""
         g = session_graph(batch.items, batch.lengths, edge_weight="binary")
         h = self.ggnn(g.A_in, g.A_out, self.item_embedding(g.nodes))          # (B, N, d)
         return h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))

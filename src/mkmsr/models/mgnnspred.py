@@ -2,25 +2,25 @@
 multi-relational item graph for session-based target behavior prediction"), a micro-behaviour
 successor of MKM-SR's setting: the operations are relations of a global item graph.
 
-From the paper (§4) and the authors' code (github.com/Autumn945/MGNN-SPred):
+From the paper and the authors' code (github.com/Autumn945/MGNN-SPred):
 
-* multi-relational item graph (MRIG, §4.1): one relation per behaviour (operation) type; for
+* multi-relational item graph (MRIG): one relation per behaviour (operation) type; for
   each training session and operation r, consecutive items of the session's r-subsequence are
   joined by an edge of relation r (self-loops skipped). Each node keeps, per relation and per
   direction (successors / predecessors), up to ``n_neighbors`` distinct neighbours drawn
   uniformly (authors' code: 5). Built once from the train split in ``fit_statistics`` and saved
   with the model (a buffer);
-* graph encoder (§4.2): ``depth`` (authors' code: 2) parameter-free aggregation steps,
+* graph encoder: ``depth`` (authors' code: 2) parameter-free aggregation steps,
   h^(k)_v = h^(k-1)_v + sum over (relation, direction) of the mean of h^(k-1) over those
   neighbours, from h^(0) = the item embedding;
-* sequence encoders (§4.3): each behaviour's subsequence of the session (its latest
+* sequence encoders: each behaviour's subsequence of the session (its latest
   ``seq_len`` items, authors' code: 3) is mean-pooled over its items' graph vectors, p_r (B, d);
-* gated fusion (§4.3): the paper gates its two behaviour sequences (target and auxiliary) with
+* gated fusion: the paper gates its two behaviour sequences (target and auxiliary) with
   alpha = sigmoid(w^T [p_1; p_2] + b), s = alpha p_1 + (1 - alpha) p_2. Here every operation
   type is one behaviour, so the gate is the R-way softmax over W_g [p_1; ...; p_R] + b_g (for
   R = 2 the same family as the sigmoid gate), with behaviours absent from the session masked
   out; with one operation type s = p_1;
-* prediction (§4.4): s' = W s (no bias) and score(v) = s'^T e_v with the item embedding e_v.
+* prediction: s' = W s (no bias) and score(v) = s'^T e_v with the item embedding e_v.
 
 Differences from the paper, stated: the paper predicts the next item of one *target* behaviour
 (purchase) from a target and an auxiliary (click) sequence; this project predicts the next item
@@ -115,7 +115,7 @@ class MGNNSPred(SessionModel):
         self.neighbors = torch.from_numpy(table).to(self.neighbors.device)
 
     def graph_vectors(self, nodes: torch.Tensor) -> torch.Tensor:
-        """(u,) int64 sorted unique item_idx -> (u, d) h^(depth) of those nodes (§4.2).
+        """(u,) int64 sorted unique item_idx -> (u, d) h^(depth) of those nodes.
 
         Only the nodes within ``depth`` hops are touched: level sets S_0 = nodes,
         S_{k+1} = S_k + neighbours(S_k); h^(0) on S_depth, then each step one weighted

@@ -1,18 +1,18 @@
 """RepeatNet (Ren, Chen, Li, Ren, Zhao, Ma, de Rijke; AAAI 2019): a repeat aware neural
 recommendation machine for session-based recommendation.
 
-Encoder (§4.2): item embeddings through a GRU give h_1..h_t (h_t the last). Three additive
+Encoder: item embeddings through a GRU give h_1..h_t (h_t the last). Three additive
 attentions over the positions tau, each a_tau = v^T tanh(W h_tau + U h_t), softmax over the real
 positions (padding gets weight 0):
 
-* repeat-explore mechanism (§4.3, Eq. 3-4): c^re = sum_tau a^re_tau h_tau and
+* repeat-explore mechanism: c^re = sum_tau a^re_tau h_tau and
   [P(r), P(e)] = softmax(W^re c^re) (W^re: 2 x h);
-* repeat decoder (§4.4, Eq. 5-6): P(i | r) = sum over the positions tau holding item i of
+* repeat decoder: P(i | r) = sum over the positions tau holding item i of
   a^r_tau, so an item clicked twice accumulates both weights; 0 for items outside the session;
-* explore decoder (§4.5, Eq. 7-9): c^e = sum_tau a^e_tau h_tau, and
+* explore decoder: c^e = sum_tau a^e_tau h_tau, and
   P(i | e) = softmax(W^e [c^e; h_t] + f)_i with f_i = -inf for the session's own items
   (W^e: n_items x 2h, one output row per item);
-* P(i) = P(r) P(i | r) + P(e) P(i | e) (Eq. 1), trained by its negative log-likelihood (Eq. 10).
+* P(i) = P(r) P(i | r) + P(e) P(i | e), trained by its negative log-likelihood.
 
 The two decoders' supports are disjoint (session items / all other items), so
 log P(i) = log P(r) + log P(i | r) on the session's items and log P(e) + log P(i | e) elsewhere:
@@ -135,7 +135,7 @@ class RepeatNet(SessionModel):
         return torch.where(present, lm[:, :1] + log_rep, lm[:, 1:] + c["explore"][:, 1:])
 
     def sr_loss(self, batch: Batch) -> torch.Tensor:
-        """Negative log-likelihood of the mixture (Eq. 10), averaged over the batch; plus the
+        """Negative log-likelihood of the mixture, averaged over the batch; plus the
         mode-prediction loss with ``mode_loss``."""
         c = self.components(batch)
         loss = F.nll_loss(self._log_probs(c), batch.targets - 1)

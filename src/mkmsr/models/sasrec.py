@@ -2,13 +2,13 @@
 
 With item embeddings M_i and learned position embeddings P_t of the latest n items of a prefix:
 
-* input: E^_t = M_{s_t} + P_t (§III-A, Eq. 1), dropout;
+* input: E^_t = M_{s_t} + P_t (§III-A), dropout;
 * b self-attention blocks (§III-B/C), each with the paper's residual form
   g(x) = x + Dropout(g(LayerNorm(x))) around (i) causal single-head self-attention
-  S = softmax(Q K^T / sqrt(d)) V, where position t attends only to positions <= t (Eq. 2-3:
-  "forbid all links between Q_i and K_j (j > i)"), and (ii) a point-wise two-layer ReLU
-  feed-forward net F = ReLU(S W1 + b1) W2 + b2 (Eq. 4); a final LayerNorm (the authors' code);
-* prediction: r_{i,t} = F_t^T M_i with the shared item embedding (§III-D, Eq. 5), read at the
+  S = softmax(Q K^T / sqrt(d)) V, where position t attends only to positions <= t (the paper
+  forbids every link from Q_i to K_j with j > i), and (ii) a point-wise two-layer ReLU
+  feed-forward net F = ReLU(S W1 + b1) W2 + b2; a final LayerNorm (the authors' code);
+* prediction: r_{i,t} = F_t^T M_i with the shared item embedding (§III-D), read at the
   last position of the prefix.
 
 Positions count back from the latest item (P_0 = the latest item's position): the authors' code
