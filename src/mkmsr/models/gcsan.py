@@ -12,7 +12,7 @@ self-attention network for session-based recommendation.
   trained by a softmax cross-entropy over the full catalogue.
 
 Defaults: one GNN step, one self-attention layer with one head, omega = 0.6, dropout 0.2 (the
-paper's Fig. 3-4 sweeps k and omega; these are RecBole's defaults for it). The attention layer
+paper sweeps k and omega; these are RecBole's defaults for GC-SAN). The attention layer
 is torch's standard post-LayerNorm transformer layer (residual + LayerNorm around the attention
 and around the feed-forward net, as RecBole's GC-SAN); the paper writes only the feed-forward
 residual. Embeddings ~ N(0, 0.1) as every model here, the GNN U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.

@@ -21,10 +21,10 @@ a repeat probability that underflows float32 is floored at its smallest normal v
 dot product of a session vector with a fixed item matrix, so ``candidate_vectors`` raises and
 servers rank by ``score`` (see mkmsr.recommend).
 
-``mode_loss=True`` adds the paper's optional mode-prediction term
--[1(target in session) log P(r) + 1(target not in session) log P(e)] (RecBole: ``joint_train``,
-off by default, as here). Dropout: RecBole applies 0.5 inside the attentions; the paper states
-none, so the default is 0 (``dropout``). d = h = 100, embeddings ~ N(0, 0.1) as every model here.
+``mode_loss=True`` adds a mode-prediction term
+-[1(target in session) log P(r) + 1(target not in session) log P(e)] (RecBole's ``joint_train``,
+off by default there and here). Dropout inside the attentions (RecBole: 0.5) is ``dropout``,
+default 0. d = h = 100, embeddings ~ N(0, 0.1) as every model here.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from .seqtools import at_last
 class RepeatNetConfig:
     dim: int = 100          # item embedding size
     hidden: int = 100       # GRU hidden size h
-    dropout: float = 0.0    # on the attention projections (RecBole: 0.5; the paper states none)
+    dropout: float = 0.0    # on the attention projections (RecBole: 0.5)
     mode_loss: bool = False  # add the mode-prediction loss (RecBole's joint_train)
     init_std: float = 0.1
 
