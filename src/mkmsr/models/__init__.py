@@ -11,14 +11,19 @@ from typing import Any
 from ..dataset import DatasetSpec
 from ..errors import ConfigError
 from .base import SessionModel
+from .core import CORE
 from .fpmc import FPMC
+from .gcsan import GCSAN
 from .gru4rec import GRU4Rec
 from .itemknn import ItemKNN
+from .mgnnspred import MGNNSPred
 from .mkmsr import MKMSR, MKMSRConfig
 from .mvariants import MGGNNx2SR, MicroBehaviourSR
 from .narm import NARM
 from .pop import Pop
+from .repeatnet import RepeatNet
 from .rib import RIB
+from .sasrec import SASRec
 from .spop import SPop
 from .stamp import STAMP
 from .stan import STAN
@@ -49,6 +54,12 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "m-gru-sr": (MicroBehaviourSR, {"encoder": "gru"}),
     "m-ggnn-sr": (MicroBehaviourSR, {"encoder": "ggnn"}),
     "m-ggnnx2-sr": (MGGNNx2SR, {"use_knowledge": False}),
+    # the field's stronger session-based baselines, after the paper (each paper's defaults, d = 100)
+    "sasrec": (SASRec, {}),
+    "gcsan": (GCSAN, {}),
+    "repeatnet": (RepeatNet, {}),
+    "core": (CORE, {}),
+    "mgnn-spred": (MGNNSPred, {}),
     # count-based baselines the paper lacks (fitted on the train split, tuned on validation)
     "pop": (Pop, {}),
     "s-pop": (SPop, {}),
