@@ -65,11 +65,15 @@ def say(msg: str) -> None:
 _RANKS: dict[str, np.ndarray] = {}
 
 
-def per_sample(run_dirs: list[Path], data: PreparedData, metric: str) -> np.ndarray | None:
-    """(n_test,) the per-sample metric (1/rank within 20, or hit within 20) averaged over the
-    given runs' validation-selected checkpoints."""
-    vals = []
+def seed_matrix(run_dirs: list[Path], data: PreparedData, metric: str) -> np.ndarray | None:
+    """(n_seeds, n_test) the per-sample metric of each finished run's validation-selected model:
+    from the rank counts the run saved (``test_ranks.npz``), else by re-ranking its checkpoint."""
+    rows = []
     for rd in run_dirs:
+        if (rd / "test_ranks.npz").exists():
+            z = np.load(rd / "test_ranks.npz")
+            rows.append(bm.per_sample_metric(z["greater"], z["ties"], metric))
+            continue
         if not (rd / "best" / "model.json").exists():
             continue
         key = str(rd)
@@ -77,8 +81,14 @@ def per_sample(run_dirs: list[Path], data: PreparedData, metric: str) -> np.ndar
             model, meta = load_checkpoint(rd)
             _RANKS[key] = split_ranks(model, data, "test", 512, (meta.get("train_config") or {}).get("max_len"))[0]
         r = _RANKS[key]
-        vals.append(np.where(r <= 20, 1.0 / r, 0.0) if metric == "mrr@20" else (r <= 20).astype(float))
-    return np.mean(vals, axis=0) * 100 if vals else None
+        rows.append(bm.per_sample_metric(r - 1, np.zeros_like(r), metric))
+    return np.stack(rows) if rows else None
+
+
+def per_sample(run_dirs: list[Path], data: PreparedData, metric: str) -> np.ndarray | None:
+    """(n_test,) the per-sample metric averaged over the given runs' validation-selected models."""
+    m = seed_matrix(run_dirs, data, metric)
+    return None if m is None else m.mean(axis=0)
 
 
 def runs_of(out: Path, label: str, model: str, seeds: int, variant: str = "") -> list[Path]:
@@ -88,12 +98,13 @@ def runs_of(out: Path, label: str, model: str, seeds: int, variant: str = "") ->
 
 
 def paired(out: Path, data: PreparedData, a: list[Path], b: list[Path], metric: str) -> tuple[float, float] | None:
-    """Mean and standard error of the per-sample difference a - b (percentage points)."""
-    x, y = per_sample(a, data, metric), per_sample(b, data, metric)
+    """Mean and bootstrap standard error of the paired difference a - b (percentage points),
+    resampling test samples and each model's seeds (``mkmsr.benchmark.paired_bootstrap``)."""
+    x, y = seed_matrix(a, data, metric), seed_matrix(b, data, metric)
     if x is None or y is None:
         return None
-    d = x - y
-    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size))
+    r = bm.paired_bootstrap(x, y)
+    return r["mean"], r["se"]
 
 
 def verdict(diff: tuple[float, float] | None) -> str:
@@ -242,10 +253,12 @@ def write_doc(a, work: Path, datasets: dict, models: list[str], res: dict, figs:
     L.append("")
     # verdicts
     L += ["## Verdicts", "",
-          "Each comparison is the mean per-test-sample difference A − B of the metric (percentage points), "
-          "with the models' per-sample values averaged over their seeds, ± its standard error over the test "
-          "samples. **holds**: A ahead by more than 2 standard errors; **does not hold**: B ahead by more "
-          "than 2; otherwise **inconclusive (within noise)**.", ""]
+          "Each comparison is the mean per-test-sample difference A − B of the metric (percentage points) "
+          "± its bootstrap standard error, resampling the test samples (paired) and each model's seeds "
+          "(2,000 replicates; `mkmsr.benchmark.paired_bootstrap`), so the spread over seeds counts. "
+          "\"The best other model\" is chosen by validation, never by test. **holds**: A ahead by more "
+          "than 2 standard errors; **does not hold**: B ahead by more than 2; otherwise **inconclusive "
+          "(within noise)**.", ""]
     for label in datasets:
         data = PreparedData(datasets[label])
         rows = res["datasets"][label]["models"]
@@ -255,8 +268,8 @@ def write_doc(a, work: Path, datasets: dict, models: list[str], res: dict, figs:
             return paired(work, data, runs_of(work, label, A, seeds), runs_of(work, label, B, seeds), metric)
 
         def best_of(cands, metric):
-            c = [m for m in cands if m in rows]
-            return max(c, key=lambda m: rows[m]["selected"][metric][0]) if c else None
+            # the partner is the best row by *validation*, never by test
+            return bm.best_by_validation(rows, cands, metric)
 
         L += [f"### {label}", "", "| claim | A − B | metric | difference | verdict |", "| --- | --- | --- | --- | --- |"]
         for metric in ("hit@20", "mrr@20"):

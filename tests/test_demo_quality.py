@@ -23,10 +23,21 @@ def test_reader_reproduces_the_published_demo_statistics(demo_drop):
     from mkmsr.dataset import PreparedData
     m = PreparedData(demo_drop).manifest
     assert m["counts"]["items"] == 12195  # every item of train.csv
-    assert m["splits"]["test"]["samples"] == 1681  # SR-GNN convention on test.csv
+    # test.csv has 1,681 samples (SR-GNN convention); filtered against the fit split like
+    # validation (issue 8), the events of items seen only in validation go: 1,573 remain
+    assert m["splits"]["test"]["samples"] == 1573
+    assert m["splits"]["test"]["cold_target_samples"] == 0
     # train.csv: 5,052 sessions, 22,131 samples; its latest 10% of sessions (505) are validation
     assert m["splits"]["train"]["sessions"] == 5052 - 505 and m["splits"]["train"]["samples"] == 19753
     assert m["counts"]["relations"] == 4 and m["counts"]["operations"] == 4
+
+
+def test_older_test_filter_reproduces_the_published_test_set(tmp_path):
+    from mkmsr.dataset import PreparedData
+    raw = read_jdata_demo(demo_or_skip(), "drop")
+    m = PreparedData(prepare(raw, tmp_path / "period", PrepareConfig(cold_start="drop", test_filter="period"))).manifest
+    assert m["splits"]["test"]["samples"] == 1681
+    assert m["splits"]["test"]["cold_target_samples"] == 88   # items seen only in validation
 
 
 def test_mkmsr_quality_floor_on_demo(demo_drop, tmp_path):

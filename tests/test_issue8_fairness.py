@@ -209,3 +209,29 @@ def test_paper_adjacency_uses_one_weight_per_edge():
     assert not torch.allclose(s.A_in, g.A_in)
     with pytest.raises(ValueError, match="adjacency"):
         session_graph(items, lengths, adjacency="nope")
+
+
+# ---- 8. paired verdicts over seeds x samples -------------------------------------------------------
+
+def test_paired_bootstrap_spread_grows_with_seed_variance():
+    from mkmsr.benchmark import paired_bootstrap, per_sample_metric
+    rng = np.random.default_rng(1)
+    base = rng.random(400) * 10
+    a_same = np.stack([base + 1.0 for _ in range(5)])            # A = B + 1 for every seed
+    b = base[None, :]
+    r = paired_bootstrap(a_same, b, n_boot=500)
+    assert r["mean"] == pytest.approx(1.0) and r["se"] < 1e-9     # no spread: constant difference
+    noisy = np.stack([base + 1.0 + rng.normal(0, 3.0) for _ in range(5)])   # seed-level offsets
+    r2 = paired_bootstrap(noisy, b, n_boot=500)
+    assert r2["se"] > 0.5 and r2["lo"] < r2["mean"] < r2["hi"]
+    with pytest.raises(ValueError, match="same samples"):
+        paired_bootstrap(a_same, base[None, :10])
+    assert per_sample_metric(np.array([0, 19, 20]), np.array([0, 0, 0]), "hit@20").tolist() == [100.0, 100.0, 0.0]
+    assert per_sample_metric(np.array([1]), np.array([2]), "mrr@20").tolist() == [25.0]
+
+
+def test_partner_is_chosen_by_validation_not_test():
+    from mkmsr.benchmark import best_by_validation
+    rows = {"a": {"valid": {"mrr@20": (10.0, 0.0)}, "selected": {"mrr@20": (50.0, 0.0)}},
+            "b": {"valid": {"mrr@20": (12.0, 0.0)}, "selected": {"mrr@20": (5.0, 0.0)}}}
+    assert best_by_validation(rows, ["a", "b"], "mrr@20") == "b"

@@ -304,10 +304,63 @@ def collect_results(out: Path, datasets: dict, models: Sequence[str], seeds: int
                 row[proto + "_per_seed"] = {k: [val(r, k) for r in runs] for k in ("hit@20", "mrr@20")}
             row["tuned_after_training"] = [r.get("tuned_on_validation") for r in runs if r.get("tuned_on_validation")]
             row["valid"] = {k: mean_std([r["valid"][k] for r in runs]) for k in ("hit@20", "mrr@20")}
+            # per-seed per-sample test rank counts (for paired_bootstrap), where the runs saved them
+            row["rank_files"] = [str(rd) for s in range(seeds if trainable else 1)
+                                 if ((rd := RunSpec(label, Path(path), model, s).run_dir(out)) / "test_ranks.npz").exists()]
             rows[model] = row
         res["datasets"][label] = {"path": str(path), "manifest_splits": data.manifest["splits"],
                                   "test_samples": data.manifest["splits"]["test"]["samples"], "models": rows}
     return res
+
+
+def per_sample_metric(greater: np.ndarray, ties: np.ndarray, metric: str = "mrr@20") -> np.ndarray:
+    """(n,) a sample's pessimistic-rank metric in percent (``hit@k`` or ``mrr@k``) from the rank
+    counts a run saves in ``test_ranks.npz``."""
+    kind, k = metric.split("@")
+    r = np.asarray(greater, dtype=np.float64) + np.asarray(ties) + 1.0
+    if kind == "hit":
+        return 100.0 * (r <= int(k))
+    if kind == "mrr":
+        return 100.0 * np.where(r <= int(k), 1.0 / r, 0.0)
+    raise ConfigError(f"per-sample metric must be hit@k or mrr@k, got {metric!r}")
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Paired difference A - B with the spread over seeds *and* test samples.
+
+    ``a`` (S_a, n) and ``b`` (S_b, n): one row per seed (a deterministic model has one row) of a
+    per-sample metric on the same n test samples. Each bootstrap replicate draws the n samples
+    with replacement (the same draw for both models: paired) and, independently, each model's
+    seeds with replacement, and takes the difference of the means. Returns the observed mean
+    difference, the bootstrap standard error, a 95% percentile interval and the verdict rule's
+    inputs (``mean``, ``se``, ``lo``, ``hi``, ``n_boot``, ``seeds_a``, ``seeds_b``)."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired comparison needs the same samples: {a.shape[1]} vs {b.shape[1]}")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    diffs = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // max(1, n))
+    for lo in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - lo)
+        idx = rng.integers(0, n, size=(m, n))
+        sa = rng.integers(0, a.shape[0], size=(m, a.shape[0]))
+        sb = rng.integers(0, b.shape[0], size=(m, b.shape[0]))
+        # mean over resampled seeds of each model, then over the resampled (paired) samples
+        ma = np.stack([a[sa[:, j]] for j in range(a.shape[0])]).mean(axis=0)     # (m, n)
+        mb = np.stack([b[sb[:, j]] for j in range(b.shape[0])]).mean(axis=0)
+        diffs[lo:lo + m] = np.take_along_axis(ma - mb, idx, axis=1).mean(axis=1)
+    return {"mean": float(a.mean() - b.mean()), "se": float(diffs.std(ddof=1)),
+            "lo": float(np.percentile(diffs, 2.5)), "hi": float(np.percentile(diffs, 97.5)),
+            "n_boot": n_boot, "seeds_a": int(a.shape[0]), "seeds_b": int(b.shape[0])}
+
+
+def best_by_validation(rows: dict, candidates: Iterable[str], metric: str) -> str | None:
+    """The comparison partner among ``candidates``: the row with the best *validation* mean of
+    ``metric`` (never the test mean)."""
+    c = [m for m in candidates if m in rows and rows[m].get("valid", {}).get(metric)]
+    return max(c, key=lambda m: rows[m]["valid"][metric][0]) if c else None
 
 
 def fmt_ms(t: tuple[float, float] | None, det: bool = False) -> str:

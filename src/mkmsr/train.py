@@ -579,7 +579,7 @@ def train(data: PreparedData | str | Path, model: str = "mkmsr", out_dir: str | 
     if not isinstance(data, PreparedData):
         data = PreparedData(data)
     return Trainer(data, model, model_overrides, config, out_dir, progress, dist,
-                   tensorboard_dir).fit(resume=resume, overwrite=overwrite)
+                   tensorboard_dir=tensorboard_dir).fit(resume=resume, overwrite=overwrite)
 
 
 def load_train_config(d: dict) -> TrainConfig:

@@ -167,16 +167,19 @@ COUNT_SPACES: dict[str, dict[str, Dist]] = {
     "s-pop": {"mode": Choice(("recency", "count"))},
     "item-knn": {"lmbd": Choice((0.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0)), "alpha": Uniform(0.0, 1.0)},
     "v-sknn": {"k": Choice((50, 100, 200, 500, 1000, 1500)),
-               "sample_size": Choice((500, 1000, 2500, 5000, 10000)),
+               "sample_size": Choice((500, 1000, 2500, 5000, 10000, 0)),   # 0 = every candidate
                "weighting": Choice(("div", "quadratic", "linear", "log", "same")),
                "weighting_score": Choice(("div", "quadratic", "linear", "log", "same")),
                "idf_weighting": Choice((0.0, 1.0, 2.0, 5.0, 10.0))},
-    "stan": {"k": Choice((100, 200, 500, 1000, 1500, 2000)),
-             "sample_size": Choice((1000, 2500, 5000, 10000)),
+    "stan": {"k": Choice((50, 100, 200, 500, 1000, 1500, 2000)),
+             "sample_size": Choice((1000, 2500, 5000, 10000, 0)),
              "lambda_spw": LogUniform(0.01, 10.0),
-             "lambda_snh": LogUniform(1.0, 200.0),
-             "lambda_inh": LogUniform(0.01, 10.0)},
+             "lambda_snh": LogUniform(1.0, 400.0),
+             "lambda_inh": LogUniform(0.01, 20.0)},
 }
+# the reminder variants search their base model's options (the trainer picks the boost itself)
+COUNT_SPACES["v-sknn-remind"] = COUNT_SPACES["v-sknn"]
+COUNT_SPACES["stan-remind"] = COUNT_SPACES["stan"]
 
 
 def search_space(model: str) -> SearchSpace:
