@@ -23,12 +23,16 @@ class Batch:
     ops     (B, L) int64 op_idx, right-padded with 0
     lengths (B,)   int64, 1 <= lengths <= L
     targets (B,)   int64 item_idx of the next item, or None when serving
+    train_sessions (B,) int64 index of the train-split session each prefix is cut from, set by
+            the training loop only (models that look up train sessions, e.g. a neighbourhood,
+            must not find the sample's own session there); None otherwise
     """
 
     items: torch.Tensor
     ops: torch.Tensor
     lengths: torch.Tensor
     targets: torch.Tensor | None = None
+    train_sessions: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -41,8 +45,9 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         t = self.targets.to(device, non_blocking=True) if self.targets is not None else None
+        ts = self.train_sessions.to(device, non_blocking=True) if self.train_sessions is not None else None
         return Batch(self.items.to(device, non_blocking=True), self.ops.to(device, non_blocking=True),
-                     self.lengths.to(device, non_blocking=True), t)
+                     self.lengths.to(device, non_blocking=True), t, ts)
 
 
 def make_batch(split: SplitArrays, session_idx: np.ndarray, prefix_len: np.ndarray,

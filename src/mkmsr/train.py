@@ -323,6 +323,7 @@ class Trainer:
                         continue
                     idx = dist.shard(idx)  # this rank's slice of the global batch
                 b = make_batch(arr, sess[idx], prefix[idx], c.max_len)
+                b.train_sessions = torch.from_numpy(sess[idx].astype(np.int64))
                 if joint:
                     trip, w = kgs.batch_triplets(b)
                 b = b.to(self.device)
@@ -460,6 +461,9 @@ class Trainer:
         """Pick the model's inference-time ``repeat_boost`` from its ``repeat_boost_grid`` on
         validation (ties go to the smaller boost), and re-save the best checkpoint with it.
         Neural and count-based models alike (MKM-SR+, and STAN / V-SKNN with reminders)."""
+        calib = getattr(model, "calibration_grid", None)
+        if callable(calib) and calib():
+            return self._calibrate(model, best_epoch, calib())
         grid = tuple(getattr(model.config, "repeat_boost_grid", ()) or ())
         if not grid:
             return None
@@ -476,6 +480,45 @@ class Trainer:
             save_checkpoint(self.out_dir / "best", model, self.model_name, self.data,
                             {"epoch": best_epoch, "train_config": dataclasses.asdict(self.config)})
         return {"repeat_boost": best, f"valid_{select}_by_boost": {str(b): v for b, v in curve.items()}}
+
+    def _calibrate(self, model: SessionModel, best_epoch: int, grid: dict[str, tuple], rounds: int = 2) -> dict:
+        """Choose a model's inference-time calibration options (``model.calibration_grid()``:
+        config field -> values) on validation by coordinate ascent from the configured values
+        (ties keep the current value), then re-save the best checkpoint with them. Test is never
+        looked at. For models that mix learned terms whose weights are biased on the training
+        prefixes they memorise (mkmsr-rn): a held-out recalibration, as stacking does."""
+        select = self.config.select_metric
+        cfg = model.config
+        cur = {k: getattr(cfg, k) for k in grid}
+        seen: dict[str, float] = {}
+
+        def value(p: dict) -> float:
+            key = json.dumps(p, sort_keys=True)
+            if key not in seen:
+                for k, v in p.items():
+                    setattr(cfg, k, v)
+                seen[key] = self._eval(model, "valid")[select]
+            return seen[key]
+
+        best = value(cur)
+        for _ in range(rounds):
+            changed = False
+            for axis, vals in grid.items():
+                for v in vals:
+                    cand = {**cur, axis: v}
+                    cv = value(cand)
+                    if cv > best + 1e-12:
+                        cur, best, changed = cand, cv, True
+            if not changed:
+                break
+        for k, v in cur.items():
+            setattr(cfg, k, v)
+        log.info("%s: calibration %s chosen on validation %s %.3f (%d points)", self.model_name, cur, select,
+                 best, len(seen))
+        if self.out_dir is not None and self.main and model.trainable:
+            save_checkpoint(self.out_dir / "best", model, self.model_name, self.data,
+                            {"epoch": best_epoch, "train_config": dataclasses.asdict(self.config)})
+        return {**cur, f"valid_{select}_by_calibration": seen}
 
     def _finish(self, model: SessionModel, best_epoch: int, epochs_run: int, stopped_early: bool,
                 t_train: float) -> dict:

@@ -18,6 +18,7 @@ from .gru4rec import GRU4Rec
 from .itemknn import ItemKNN
 from .mgnnspred import MGNNSPred
 from .mkmsr import MKMSR, MKMSRConfig
+from .mkmsr_rn import MKMSRRN
 from .mvariants import MGGNNx2SR, MicroBehaviourSR
 from .narm import NARM
 from .pop import Pop
@@ -42,6 +43,20 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     # chosen on validation after training, completes it.
     "mkmsr+": (MKMSR, {"item_repr": "id+attributes", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0,
                        "repeat_boost_grid": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}),
+    # MKM-SR+'s ablations (issue 8): without the repeat boost (beta = 0), and with the paper's
+    # id-only item vectors (no attribute-composed vectors)
+    "mkmsr+-no-boost": (MKMSR, {"item_repr": "id+attributes", "scoring": "cosine", "kg_loss": "margin",
+                                "kg_passes": 3.0, "repeat_boost_grid": (0.0,)}),
+    "mkmsr+-id": (MKMSR, {"item_repr": "id", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0,
+                          "repeat_boost_grid": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}),
+    # this project's lead model (see mkmsr.models.mkmsr_rn): MKM-SR+'s encoder with a learned
+    # repeat/explore mixture conditioned on the micro-behaviours, STAN evidence in the explore
+    # logits, and attribute-only vectors for items never seen in training; and its ablations
+    "mkmsr-rn": (MKMSRRN, {}),
+    "mkmsr-rn-no-repeat": (MKMSRRN, {"repeat": False}),
+    "mkmsr-rn-no-nb": (MKMSRRN, {"neighbours": False}),
+    "mkmsr-rn-no-cold": (MKMSRRN, {"cold_items": "id", "id_dropout": 0.0}),
+    "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)

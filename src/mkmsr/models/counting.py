@@ -203,11 +203,16 @@ class SessionKNNBase(CountModel):
         raise NotImplementedError
 
     # ---- pipeline ------------------------------------------------------------------------
-    def neighbours(self, pos: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, k) neighbour session indices and their similarity (0 where fewer than k)."""
+    def neighbours(self, pos: torch.Tensor, lengths: torch.Tensor,
+                   exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, k) neighbour session indices and their similarity (0 where fewer than k).
+        ``exclude`` (B,): a train session index per row that must not be a neighbour (the
+        session a training prefix is cut from: it holds the prefix's own target)."""
         d = self._derived()
         present = (pos > 0).to(torch.float32)
         overlap = torch.sparse.mm(d["S"], present.T).T                      # (B, N) shared items
+        if exclude is not None:
+            overlap[torch.arange(overlap.shape[0], device=overlap.device), exclude] = 0.0
         cand = recent_candidates(overlap > 0, d["recency"], int(self.config.sample_size))
         sim = torch.where(cand, self.similarity(pos, lengths, d), torch.zeros_like(overlap))
         # stable sort over sessions ordered most-recent-first: ties go to the more recent session
@@ -217,14 +222,18 @@ class SessionKNNBase(CountModel):
         vals, j = vals[:, :k], j[:, :k]
         return d["recency"][j], torch.where(vals > 0, vals, torch.zeros_like(vals))
 
-    def logits(self, batch: Batch) -> torch.Tensor:
+    def logits(self, batch: Batch, exclude_own: bool = False) -> torch.Tensor:
+        """(B, n_items) scores. ``exclude_own``: leave out of the neighbourhood the train session
+        each prefix comes from (``batch.train_sessions``; for models that learn from these
+        scores on training prefixes, which would otherwise find their own target there)."""
         outs = []
         beta = float(getattr(self.config, "repeat_boost", 0.0))
+        own = batch.train_sessions if exclude_own else None
         for lo in range(0, batch.items.shape[0], self.chunk):
             b = Batch(batch.items[lo:lo + self.chunk], batch.ops[lo:lo + self.chunk],
                       batch.lengths[lo:lo + self.chunk])
             pos = session_positions(b, self.spec.n_items)
-            nb, w = self.neighbours(pos, b.lengths)
+            nb, w = self.neighbours(pos, b.lengths, None if own is None else own[lo:lo + self.chunk])
             sc = self.item_scores(pos, b.lengths, nb, w, self._derived())
             if beta:
                 sc = remind(sc, pos, beta)
