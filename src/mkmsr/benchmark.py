@@ -64,6 +64,9 @@ TUNING_GRIDS: dict[str, dict[str, list]] = {
 #: models whose searched options are those of another registered model (the reminder variants
 #: add only the validation-tuned repeat boost, which the trainer picks after fitting)
 TUNE_AS = {"v-sknn-remind": "v-sknn", "stan-remind": "stan"}
+#: models with a STAN inside (its ``nb_*`` options): they get STAN's validation-tuned options
+NEIGHBOURHOOD_OF = {name: "stan" for name in ("mkmsr-rn", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold",
+                                              "mkmsr-rn-no-ops")}
 
 #: per-model training defaults that differ from the shared ones (each from the model's own code)
 #: per-model training overrides. Empty on purpose: SR-GNN's code decays the lr x 0.1 every
@@ -262,6 +265,10 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
             base = TUNE_AS.get(model, model)
             grid = TUNING_GRIDS.get(base) if tune else None
             tuned[(label, model)] = tune_on_validation(out, label, data, base, grid, lock=lock) if grid else {}
+            if model in NEIGHBOURHOOD_OF and tune:
+                nb = NEIGHBOURHOOD_OF[model]
+                best = tune_on_validation(out, label, data, nb, TUNING_GRIDS[nb], lock=lock)
+                tuned[(label, model)] = {**tuned[(label, model)], **{f"nb_{k}": v for k, v in best.items()}}
         spec = RunSpec(label, data.path, model, seed, tuned[(label, model)], dict(train_overrides or {}))
         t = time.perf_counter()
         m, fresh = run_one(out, spec, data, lock, progress, tensorboard_dir=tensorboard_dir)

@@ -18,6 +18,9 @@ Three parts, each switchable for the ablations:
   so whether and what the user re-consumes depends on the operations (the GRU state of every
   position: cart then order of the same item) and on recency, instead of one inference-time
   constant (MKM-SR+'s ``repeat_boost``). Trained by the NLL of p(target); the score is log p(i).
+  With cold items (below) a third component joins the mixture: softmax(c) over the cold items,
+  c(i) = scale cos(s, attribute vector of i), so the gate (a softmax over the components) also
+  predicts whether the next item is one the training log never showed.
 * **Neighbourhood evidence** in the explore logits: e(i) = scale cos(s, v_i) + w_1 n(i) +
   w_2 1[n(i) > 0], with n the STAN scores (Garg et al. 2019; ``mkmsr.models.stan``) of the
   session against the train split, divided by the row's maximum, and w_1, w_2 learned. STAN is
@@ -26,9 +29,17 @@ Three parts, each switchable for the ablations:
   validation-tuned ones).
 * **Cold items through knowledge**: an item that never occurs in the train split has an
   untrained id embedding; with ``cold_items="attributes"`` its vector is its attribute mean alone
-  (brand, shop, category, launch month...). To make such vectors rank, training replaces the id
-  part of a random ``id_dropout`` fraction of the items by zero in each batch (for the GGNN input
-  and the candidates alike), so the attribute embeddings learn to stand in for an item.
+  (brand, shop, category, launch month...), and it is ranked in the cold component (it has no
+  neighbourhood evidence, so among the warm items it could never rank). To train that component,
+  each batch zeroes the id part of a random ``id_dropout`` fraction of the items (for the GGNN
+  input and the candidates alike): they are that batch's cold items, so the attribute embeddings
+  learn to stand in for an item and the gate learns when a new item comes next.
+
+Inference-time calibration (``calibration_grid``): the mixture weights learned on training
+prefixes lean towards the neural term, which has memorised them, and the share of cold targets
+differs between training (``id_dropout``) and deployment; a multiplier of the neighbourhood
+weights and shifts of the gate logits are therefore chosen on validation after training (held-out
+stacking; the test split is never looked at).
 """
 from __future__ import annotations
 
@@ -66,10 +77,13 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_init: tuple = (48.0, 48.0, 4.0)  # initial weights of the neighbourhood features (learned)
     # inference-time calibration, chosen on validation after training (``calibration_grid``)
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights
-    gate_shift: float = 0.0        # + the logit of P(repeat)
+    gate_shift: float = 0.0        # + the gate logit of the repeat component
+    cold_shift: float = 0.0        # + the gate logit of the cold-item component
     calibrate: bool = True
-    cold_items: str = "attributes"  # attributes: never-trained items scored by attributes alone | id
-    id_dropout: float = 0.1        # training: share of items whose id part is zeroed per batch
+    cold_items: str = "attributes"  # attributes: never-trained items scored by attributes alone, in
+                                   # their own mixture component | id: as warm items (no cold component)
+    id_dropout: float = 0.1        # training: share of items whose id part is zeroed per batch (they
+                                   # play the cold items of that batch)
 
 
 class MKMSRRN(MKMSR):
@@ -89,13 +103,17 @@ class MKMSRRN(MKMSR):
             raise ValueError(f"recency_buckets must be >= 1, got {config.recency_buckets}")
         d = config.dim
         m = 2 * d if config.use_operations else d
+        #: the mixture's components, in gate order
+        self.components = ["explore"] + (["repeat"] if config.repeat else []) + (
+            ["cold"] if config.cold_items == "attributes" else [])
         if config.repeat:
             self.rep_m = nn.Linear(m, d, bias=False)
             self.rep_s = nn.Linear(d, d)
             self.rep_pos = nn.Embedding(config.recency_buckets, d)
             self.rep_v = nn.Linear(d, 1, bias=False)
-            self.gate = nn.Linear(d + m, 1)
             nn.init.normal_(self.rep_pos.weight, 0.0, config.init_std)
+        if len(self.components) > 1:
+            self.gate = nn.Linear(d + m, len(self.components))
         if config.neighbours:
             self.stan = STAN(STANConfig(k=config.nb_k, sample_size=config.nb_sample_size,
                                         lambda_spw=config.nb_lambda_spw, lambda_snh=config.nb_lambda_snh,
@@ -105,18 +123,20 @@ class MKMSRRN(MKMSR):
             self.nb_weight = nn.Parameter(torch.tensor(config.nb_init) / NB_SCALE)
         # items seen in the train split (filled by fit_statistics; all warm until then)
         self.register_buffer("warm", torch.ones(spec.n_items + 1))
+        self._keep: torch.Tensor | None = None   # the id mask of the current training step
 
     def calibration_grid(self) -> dict[str, tuple]:
         """The inference-time options the trainer picks on validation after training (see the
-        module docstring): the weights of the mixture learned on training prefixes lean towards
-        the neural term, which has memorised them."""
+        module docstring)."""
         if not self.config.calibrate:
             return {}
         grid: dict[str, tuple] = {}
         if self.config.neighbours:
-            grid["nb_multiplier"] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+            grid["nb_multiplier"] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
         if self.config.repeat:
-            grid["gate_shift"] = (-1.0, 0.0, 0.5, 1.0, 2.0, 3.0)
+            grid["gate_shift"] = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+        if "cold" in self.components:
+            grid["cold_shift"] = (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
         return grid
 
     # ---- statistics ------------------------------------------------------------------------
@@ -129,12 +149,20 @@ class MKMSRRN(MKMSR):
         self.warm[0] = 1.0
 
     # ---- item side ---------------------------------------------------------------------------
+    def _id_keep(self) -> torch.Tensor:
+        """(n_items + 1,) 1 where an item's id embedding counts, 0 for cold items (and, in a
+        training step, for the ``id_dropout`` share drawn for it)."""
+        keep = self.warm
+        if self.training and self.config.id_dropout > 0 and torch.is_grad_enabled():
+            keep = keep * (torch.rand_like(keep) >= self.config.id_dropout).to(keep.dtype)
+            keep[0] = 1.0
+        return keep
+
     def item_embeddings(self) -> torch.Tensor:
         E = self.item_embedding.weight
+        self._keep = None
         if self.config.cold_items == "attributes":
-            keep = self.warm
-            if self.training and self.config.id_dropout > 0 and torch.is_grad_enabled():
-                keep = keep * (torch.rand_like(keep) >= self.config.id_dropout).to(keep.dtype)
+            self._keep = keep = self._id_keep()
             E = E * keep[:, None]
         if self.config.item_repr == "id":
             return E
@@ -154,9 +182,17 @@ class MKMSRRN(MKMSR):
     def candidate_vectors(self) -> torch.Tensor:
         raise NotImplementedError("mkmsr-rn mixes per-session repeat and neighbourhood terms; use score()")
 
+    def _cold(self) -> torch.Tensor:
+        """(n_items,) bool: the cold items of this forward pass (columns 1..n)."""
+        keep = self._keep if (self._keep is not None and torch.is_grad_enabled()) else self.warm
+        return keep[1:] == 0
+
     # ---- session side ------------------------------------------------------------------------
-    def _parts(self, batch: Batch, V: torch.Tensor, own_excluded: bool):
-        """-> (explore logits (B, n_items), log g (B,) or None, log(1-g) (B,), p_rep (B, n+1) or None)."""
+    def _parts(self, batch: Batch, V: torch.Tensor, own_excluded: bool) -> dict:
+        """The mixture's pieces: ``log_pi`` (B, C) log gate per component (``self.components``),
+        ``explore`` (B, n) logits over the warm items (-inf on cold ones), ``cold`` (B, n) logits
+        over the cold items (-inf elsewhere) when that component exists, ``p_rep`` (B, n + 1) the
+        repeat distribution when that one exists."""
         M = self.micro_behaviours(batch, V)
         B, L = batch.items.shape
         ar = torch.arange(B, device=M.device)
@@ -166,7 +202,8 @@ class MKMSRRN(MKMSR):
         s = s_raw
         if self.config.scoring == "cosine":
             s = self.config.score_scale * F.normalize(s_raw, dim=-1)
-        e = s @ V[1:].T                                                          # (B, n)
+        neural = s @ V[1:].T                                                     # (B, n)
+        e = neural
         if self.config.neighbours:
             with torch.no_grad():
                 nb = self.stan.logits(batch, exclude_own=own_excluded)
@@ -175,46 +212,85 @@ class MKMSRRN(MKMSR):
             w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
             e = (e + w[0] * nb + w[1] * (torch.log1p(nb / 0.01) / math.log1p(100.0))
                  + w[2] * (nb > 0).to(e.dtype))
-        if not self.config.repeat:
-            return e, None, None, None
-        mask = batch.mask
-        rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=M.device)[None, :])
-        rec = rec.clamp(0, self.config.recency_buckets - 1)
-        h = torch.tanh(self.rep_m(M) + self.rep_s(s_raw)[:, None, :] + self.rep_pos(rec))
-        a = self.rep_v(h).squeeze(-1).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(a, dim=1) * mask                                   # (B, L)
-        p_rep = torch.zeros(B, self.spec.n_items + 1, dtype=alpha.dtype, device=alpha.device)
-        p_rep.scatter_add_(1, batch.items, alpha)
-        p_rep[:, 0] = 0.0
-        g = self.gate(torch.cat([s_raw, last], dim=-1)).squeeze(-1) + self.config.gate_shift  # logit P(repeat)
-        return e, F.logsigmoid(g), F.logsigmoid(-g), p_rep
+        out: dict = {}
+        if "cold" in self.components:
+            cold = self._cold()
+            out["explore"] = e.masked_fill(cold[None, :], float("-inf"))
+            out["cold"] = neural.masked_fill(~cold[None, :], float("-inf"))
+        else:
+            out["explore"] = e
+        if self.config.repeat:
+            mask = batch.mask
+            rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=M.device)[None, :])
+            rec = rec.clamp(0, self.config.recency_buckets - 1)
+            h = torch.tanh(self.rep_m(M) + self.rep_s(s_raw)[:, None, :] + self.rep_pos(rec))
+            a = self.rep_v(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+            alpha = torch.softmax(a, dim=1) * mask                               # (B, L)
+            p_rep = torch.zeros(B, self.spec.n_items + 1, dtype=alpha.dtype, device=alpha.device)
+            p_rep.scatter_add_(1, batch.items, alpha)
+            p_rep[:, 0] = 0.0
+            out["p_rep"] = p_rep
+        if len(self.components) > 1:
+            g = self.gate(torch.cat([s_raw, last], dim=-1))                       # (B, C)
+            shift = torch.tensor([{"explore": 0.0, "repeat": self.config.gate_shift,
+                                   "cold": self.config.cold_shift}[c] for c in self.components],
+                                 dtype=g.dtype, device=g.device)
+            g = g + shift
+            if "cold" in self.components and not bool(self._cold().any()):
+                g = g.masked_fill(torch.tensor([c == "cold" for c in self.components], device=g.device), float("-inf"))
+            out["log_pi"] = torch.log_softmax(g, dim=1)
+        else:
+            out["log_pi"] = torch.zeros(B, 1, dtype=e.dtype, device=e.device)
+        return out
+
+    def _log_softmax(self, x: torch.Tensor) -> torch.Tensor:
+        """log-softmax over the finite entries of each row (a row with none stays -inf)."""
+        lse = torch.logsumexp(x, dim=1, keepdim=True)
+        return x - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        """log p(i) of every item (or the explore logits alone with ``repeat=False``)."""
+        """log p(i) of every item under the mixture (the explore logits alone when it has one
+        component)."""
         V = self.scoring_vectors()
-        e, log_g, log_1mg, p_rep = self._parts(batch, V, own_excluded=False)
-        if p_rep is None:
-            return e
-        log_exp = torch.log_softmax(e, dim=1) + log_1mg[:, None]                # (B, n)
+        P = self._parts(batch, V, own_excluded=False)
+        if len(self.components) == 1:
+            return P["explore"]
+        idx = {c: i for i, c in enumerate(self.components)}
+        log_pi = P["log_pi"]
+        lp = self._log_softmax(P["explore"]) + log_pi[:, idx["explore"], None]
+        if "cold" in P:
+            lp = torch.logaddexp(lp, self._log_softmax(P["cold"]) + log_pi[:, idx["cold"], None])
+        if "p_rep" not in P:
+            return lp
         # the repeat term touches only the session's own items: mix there, in (B, n + 1) space
-        full = F.pad(log_exp, (1, 0))
+        full = F.pad(lp, (1, 0))
         cols = batch.items                                                       # padding -> column 0
-        pr = p_rep.gather(1, cols)
-        mixed = torch.where(pr > 0, torch.logaddexp(full.gather(1, cols), torch.log(pr.clamp(min=1e-30)) + log_g[:, None]),
-                            full.gather(1, cols))
-        full = full.scatter(1, cols, mixed)
-        return full[:, 1:]
+        pr = P["p_rep"].gather(1, cols)
+        here = full.gather(1, cols)
+        mixed = torch.where(pr > 0, torch.logaddexp(here, torch.log(pr.clamp(min=1e-30)) + log_pi[:, idx["repeat"], None]),
+                            here)
+        return full.scatter(1, cols, mixed)[:, 1:]
 
     def sr_loss(self, batch: Batch) -> torch.Tensor:
         """NLL of the target under the mixture, computed at the target only (one logsumexp over
-        the catalogue); on training prefixes the neighbourhood leaves out the prefix's own session."""
+        the catalogue per component); on training prefixes the neighbourhood leaves out the
+        prefix's own session."""
         V = self.scoring_vectors()
-        own = batch.train_sessions is not None
-        e, log_g, log_1mg, p_rep = self._parts(batch, V, own_excluded=own)
+        P = self._parts(batch, V, own_excluded=batch.train_sessions is not None)
         t = batch.targets
-        if p_rep is None:
-            return F.cross_entropy(e, t - 1)
-        log_exp_t = e.gather(1, (t - 1)[:, None]).squeeze(1) - torch.logsumexp(e, dim=1) + log_1mg
-        pr = p_rep.gather(1, t[:, None]).squeeze(1)
-        lp = torch.where(pr > 0, torch.logaddexp(log_exp_t, torch.log(pr.clamp(min=1e-30)) + log_g), log_exp_t)
-        return -lp.mean()
+        if len(self.components) == 1:
+            return F.cross_entropy(P["explore"], t - 1)
+        col = (t - 1)[:, None]
+        terms = []
+        for i, c in enumerate(self.components):
+            if c == "repeat":
+                pr = P["p_rep"].gather(1, t[:, None]).squeeze(1)
+                lpc = torch.where(pr > 0, torch.log(pr.clamp(min=1e-30)), torch.full_like(pr, float("-inf")))
+            else:
+                x = P[c]
+                lse = torch.logsumexp(x, dim=1)
+                xt = x.gather(1, col).squeeze(1)
+                lpc = torch.where(torch.isfinite(xt), xt - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)),
+                                  torch.full_like(xt, float("-inf")))
+            terms.append(lpc + P["log_pi"][:, i])
+        return -torch.logsumexp(torch.stack(terms, dim=1), dim=1).mean()

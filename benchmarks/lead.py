@@ -1,0 +1,184 @@
+"""The lead comparison (issue 9): the new model against the field's strongest baselines on every
+real dataset in ../shared/data, validation-selected, paired over test samples and seeds.
+
+    .venv/bin/python benchmarks/lead.py --seeds 5                      # everything
+    .venv/bin/python benchmarks/lead.py --datasets Taobao --seeds 3 --threads 1
+    .venv/bin/python benchmarks/lead.py --report-only                  # docs from finished runs
+
+Datasets: Demo and Demo(N) (JDATA, the paper's; prepared as benchmarks/table2.py does, and
+sharing its work folder so no run is trained twice) and Taobao (the UserBehavior head,
+``mkmsr prepare --format taobao`` defaults: UTC+8 period, truncated last row dropped, cold test
+items dropped). Every model is trained on the train split, its epoch chosen on validation MRR@20;
+count-based models are tuned on validation (``mkmsr.benchmark.TUNING_GRIDS``), and mkmsr-rn gets
+STAN's tuned neighbourhood options. Writes ``WORK/lead.json`` and ``DOCS/results-lead.md``: one
+table per dataset (every model: Hit@20 / MRR@20 mean ± std over seeds, the repeat / first-time
+split, cold first-time), and the paired verdicts of the lead model against every other row
+(bootstrap over test samples and seeds: ``mkmsr.benchmark.paired_bootstrap``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mkmsr import benchmark as bm  # noqa: E402
+from mkmsr.dataset import PreparedData  # noqa: E402
+from mkmsr.fsutil import atomic_write_text, read_json, write_json  # noqa: E402
+from mkmsr.prepare import PrepareConfig, prepare  # noqa: E402
+from mkmsr.raw_formats import read_taobao  # noqa: E402
+from mkmsr.sources import read_jdata_demo  # noqa: E402
+
+from table2 import seed_matrix  # noqa: E402
+
+LEAD = "mkmsr-rn"
+MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "stamp", "sasrec", "gcsan",
+          "repeatnet", "core", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
+ABLATIONS = ["mkmsr-rn-no-repeat", "mkmsr-rn-no-nb", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
+SPLIT = ("hit@20", "mrr@20", "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20",
+         "cold_first_hit@20", "cold_first_mrr@20")
+
+
+def say(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def prepared(work: Path, shared: Path) -> dict[str, Path]:
+    out = {}
+    jd, tb = shared / "jdata-demo", shared / "taobao-head"
+    for label, policy in (("Demo", "drop"), ("Demo(N)", "keep")):
+        d = work / f"prepared-{policy}"
+        if jd.exists() and not (d / "manifest.json").exists():
+            prepare(read_jdata_demo(jd, policy), d, PrepareConfig(cold_start=policy), overwrite=True)
+        if (d / "manifest.json").exists():
+            out[label] = d
+    d = work / "prepared-taobao"
+    if tb.exists() and not (d / "manifest.json").exists():
+        prepare(read_taobao(tb, drop_truncated_last_row=True), d, PrepareConfig(cold_start="drop"), overwrite=True)
+    if (d / "manifest.json").exists():
+        out["Taobao"] = d
+    return out
+
+
+def run_dirs(work: Path, label: str, data: Path, model: str, seeds: int) -> list[Path]:
+    trainable = bm.MODELS[model][0].trainable
+    dirs = [bm.RunSpec(label, data, model, s).run_dir(work) for s in range(seeds if trainable else 1)]
+    return [d for d in dirs if (d / "metrics.json").exists()]
+
+
+def row(dirs: list[Path]) -> dict:
+    ms = [read_json(d / "metrics.json") for d in dirs]
+    r = {"runs": len(ms)}
+    for k in SPLIT:
+        r[k] = bm.mean_std([m["test"].get(k, float("nan")) for m in ms])
+    r["valid_mrr@20"] = bm.mean_std([m["valid"]["mrr@20"] for m in ms])
+    r["train_samples_per_s"] = bm.mean_std([m.get("train_samples_per_s") or float("nan") for m in ms])
+    return r
+
+
+def report(work: Path, datasets: dict[str, Path], models: list[str], seeds: int) -> dict:
+    res: dict = {"seeds": seeds, "lead": LEAD, "datasets": {}}
+    for label, path in datasets.items():
+        data = PreparedData(path)
+        rows, verdicts = {}, {}
+        dirs = {m: run_dirs(work, label, path, m, seeds) for m in models}
+        for m, ds in dirs.items():
+            if ds:
+                rows[m] = row(ds)
+        if dirs.get(LEAD):
+            for m, ds in dirs.items():
+                if m == LEAD or not ds:
+                    continue
+                v = {}
+                for metric in ("hit@20", "mrr@20"):
+                    a, b = seed_matrix(dirs[LEAD], data, metric), seed_matrix(ds, data, metric)
+                    if a is not None and b is not None:
+                        v[metric] = bm.paired_bootstrap(a, b)
+                verdicts[m] = v
+        res["datasets"][label] = {"test_samples": int(data.split("test").samples()[0].size), "rows": rows,
+                                  "lead_vs": verdicts}
+    write_json(work / "lead.json", res)
+    return res
+
+
+def f(t, det=False) -> str:
+    if t is None or t[0] != t[0]:
+        return "–"
+    return f"{t[0]:.2f}" if det or t[1] == 0 else f"{t[0]:.2f} ± {t[1]:.2f}"
+
+
+def markdown(res: dict, seconds: float) -> str:
+    L = ["# The lead comparison (generated by benchmarks/lead.py)", "",
+         f"`.venv/bin/python benchmarks/lead.py --seeds {res['seeds']}`; this report took {seconds / 60:.1f} min "
+         "(runs finished earlier are reused). Test figures at the epoch chosen on validation MRR@20, "
+         "pessimistic ties, full ranking over the catalogue; mean ± std over seeds (count-based models are "
+         "deterministic: one run). Verdicts: the lead model minus the row, paired bootstrap over test "
+         "samples and seeds (2,000 replicates); **ahead** = difference > 2 standard errors.", ""]
+    for label, d in res["datasets"].items():
+        L += [f"## {label}", "", f"Test samples: {d['test_samples']}.", "",
+              "| model | runs | Hit@20 | MRR@20 | repeat Hit@20 | repeat MRR@20 | first-time Hit@20 | "
+              "first-time MRR@20 | cold first-time Hit@20 | lead − row Hit@20 (± se) | lead − row MRR@20 (± se) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for m, r in d["rows"].items():
+            det = not bm.MODELS[m][0].trainable
+            v = d["lead_vs"].get(m, {})
+
+            def vd(k):
+                x = v.get(k)
+                if not x:
+                    return "–"
+                tag = "**ahead**" if x["mean"] > 2 * x["se"] else ("behind" if x["mean"] < -2 * x["se"] else "within noise")
+                return f"{x['mean']:+.2f} ± {x['se']:.2f} {tag}"
+            L.append("| " + " | ".join([f"**{m}**" if m == LEAD else m, str(r["runs"]), f(r["hit@20"], det),
+                                        f(r["mrr@20"], det), f(r["repeat_hit@20"], det), f(r["repeat_mrr@20"], det),
+                                        f(r["first_hit@20"], det), f(r["first_mrr@20"], det),
+                                        f(r["cold_first_hit@20"], det), vd("hit@20"), vd("mrr@20")]) + " |")
+        L.append("")
+    return "\n".join(L)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "table2"))
+    p.add_argument("--docs", default=str(ROOT / "docs"))
+    p.add_argument("--datasets", default="Demo,Demo(N),Taobao")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--ablations", default=",".join(ABLATIONS), help="run with --ablation-seeds seeds")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--ablation-seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    t0 = time.perf_counter()
+    work = Path(a.work)
+    allsets = prepared(work, Path(a.shared))
+    if not allsets:
+        print(f"no dataset found under {a.shared}", file=sys.stderr)
+        return 1
+    want = [x for x in a.datasets.split(",") if x]
+    train = {"epochs": a.epochs, "patience": a.patience, **({"threads": a.threads} if a.threads else {})}
+    models = [m for m in a.models.split(",") if m]
+    abl = [m for m in a.ablations.split(",") if m]
+    if not a.report_only:
+        sets = {k: v for k, v in allsets.items() if k in want}
+        bm.run_benchmark(work, sets, models, 1, train, on_progress=say)          # every row once first
+        bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say)
+        if abl:
+            bm.run_benchmark(work, sets, abl, a.ablation_seeds, train, on_progress=say)
+    res = report(work, allsets, models + abl, a.seeds)
+    atomic_write_text(Path(a.docs) / "results-lead.md", markdown(res, time.perf_counter() - t0))
+    print(markdown(res, time.perf_counter() - t0))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

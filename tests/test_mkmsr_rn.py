@@ -1,0 +1,146 @@
+"""mkmsr-rn (issue 9's lead model): the mixture equation, the two code paths that compute it, the
+own-session exclusion of the neighbourhood on training prefixes, attribute-only cold items, and
+the validation calibration. tests/test_model_contract.py runs the shared contract on it."""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mkmsr.batching import batch_from_sequences, make_batch
+from mkmsr.dataset import PreparedData
+from mkmsr.models import build_model
+from mkmsr.models.stan import STAN, STANConfig
+from mkmsr.train import TrainConfig, Trainer
+
+
+def fitted(data_path, **overrides):
+    data = PreparedData(data_path)
+    torch.manual_seed(0)
+    m = build_model("mkmsr-rn", data.spec, {"dim": 16, **overrides})
+    m.fit_statistics(data)
+    return m.eval(), data
+
+
+def some_batch(data, n=6):
+    arr = data.split("valid")
+    sess, prefix = arr.samples()
+    return make_batch(arr, sess[:n], prefix[:n])
+
+
+def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
+    m, data = fitted(synthetic_data)
+    assert m.components == ["explore", "repeat", "cold"]
+    b = some_batch(data)
+    with torch.no_grad():
+        lp = m.score(b)[:, 1:]
+        P = m._parts(b, m.scoring_vectors(), own_excluded=False)
+    pi = P["log_pi"].exp()
+    assert torch.allclose(pi.sum(1), torch.ones(len(b)), atol=1e-6)
+    cold = torch.from_numpy(data.item_train_count[1:] == 0)
+    # the explore component ranges over the warm items, the cold one over the cold items
+    assert torch.isinf(P["explore"][:, cold]).all() and torch.isfinite(P["explore"][:, ~cold]).all()
+    assert torch.isinf(P["cold"][:, ~cold]).all() and torch.isfinite(P["cold"][:, cold]).all()
+    sm = lambda x: torch.softmax(x, dim=1)
+    # p(i) = pi_e softmax(e)(i) + pi_r p_rep(i) + pi_c softmax(c)(i), a distribution over the catalogue
+    want = pi[:, :1] * sm(P["explore"]) + pi[:, 1:2] * P["p_rep"][:, 1:] + pi[:, 2:] * sm(P["cold"])
+    assert torch.allclose(lp.exp(), want, atol=1e-6)
+    assert torch.allclose(lp.exp().sum(1), torch.ones(len(b)), atol=1e-5)
+    # the repeat distribution lives on the session's own items and sums to one
+    p_rep = P["p_rep"]
+    assert torch.allclose(p_rep.sum(1), torch.ones(len(b)), atol=1e-6)
+    inside = torch.zeros_like(p_rep, dtype=torch.bool).scatter_(1, b.items, b.mask)
+    assert (p_rep[~inside] == 0).all()
+
+
+def test_loss_equals_the_nll_of_the_scores(synthetic_data):
+    for over in ({}, {"repeat": False}, {"cold_items": "id", "id_dropout": 0.0}, {"neighbours": False}):
+        m, data = fitted(synthetic_data, **over)
+        b = some_batch(data, 12)
+        with torch.no_grad():
+            loss = m.sr_loss(b)
+            lp = m.score(b)
+        assert torch.allclose(loss, -lp.gather(1, b.targets[:, None]).mean(), atol=1e-5), over
+
+
+def test_a_training_step_is_finite_and_dropped_ids_are_that_steps_cold_items(synthetic_data):
+    m, data = fitted(synthetic_data, id_dropout=0.5)
+    m.train()
+    arr = data.split("train")
+    sess, prefix = arr.samples()
+    b = make_batch(arr, sess[:32], prefix[:32])
+    b.train_sessions = torch.from_numpy(sess[:32].astype(np.int64))
+    torch.manual_seed(1)
+    loss = m.sr_loss(b)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    cold = m._cold()
+    assert cold.float().mean() > 0.3                       # about half the items this step
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m._cold(), torch.from_numpy(data.item_train_count[1:] == 0))
+
+
+def test_repeat_attention_depends_on_operations_and_recency(synthetic_data):
+    m, data = fitted(synthetic_data, neighbours=False)
+    same_items = [[3, 5, 3, 7], [3, 5, 3, 7]]
+    b = batch_from_sequences(same_items, [[1, 1, 1, 1], [1, 2, 3, 2]])
+    with torch.no_grad():
+        p_rep = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+    assert not torch.allclose(p_rep[0], p_rep[1])         # other operations, other repeat distribution
+
+
+def test_training_prefixes_do_not_find_their_own_session_in_the_neighbourhood(synthetic_data):
+    data = PreparedData(synthetic_data)
+    stan = STAN(STANConfig(k=50, sample_size=0, lambda_snh=1e6), data.spec)
+    stan.fit_statistics(data)
+    arr = data.split("train")
+    sess, prefix = arr.samples()
+    b = make_batch(arr, sess[:40], prefix[:40])
+    from mkmsr.models.counting import session_positions
+    pos = session_positions(b, data.spec.n_items)
+    own = torch.from_numpy(sess[:40].astype(np.int64))
+    nb_all, w_all = stan.neighbours(pos, b.lengths)
+    nb_ex, w_ex = stan.neighbours(pos, b.lengths, own)
+    assert ((nb_all == own[:, None]) & (w_all > 0)).any()  # without exclusion the own session is found
+    assert not ((nb_ex == own[:, None]) & (w_ex > 0)).any()
+    # and the model's training loss takes that path when the batch says where it comes from
+    m, _ = fitted(synthetic_data)
+    b.train_sessions = own
+    with torch.no_grad():
+        e_ex = m._parts(b, m.scoring_vectors(), own_excluded=True)["explore"]
+        e_in = m._parts(b, m.scoring_vectors(), own_excluded=False)["explore"]
+    assert not torch.allclose(e_ex, e_in)
+
+
+def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):
+    m, data = fitted(synthetic_data)
+    cold = np.flatnonzero(data.item_train_count == 0)
+    cold = cold[cold > 0]
+    assert cold.size, "the synthetic data should have items that never occur in train"
+    with torch.no_grad():
+        m.item_embedding.weight[cold] += 5.0               # an untrained id part must not matter
+        V = m.item_embeddings()
+        attr = torch.sparse.mm(m._attribute_matrix(), m.attr_embedding.weight)
+    assert torch.allclose(V[cold], attr[cold])
+    warm = np.flatnonzero(data.item_train_count > 0)[:5]
+    assert torch.allclose(V[warm], m.item_embedding.weight[warm] + attr[warm])
+    # id dropout acts in training only
+    m.train()
+    assert not torch.allclose(m.item_embeddings().detach(), V)   # (a training step: autograd on)
+    m.eval()
+    assert torch.equal(m.item_embeddings().detach(), V)
+
+
+def test_training_calibrates_the_mixture_on_validation(synthetic_data, tmp_path):
+    data = PreparedData(synthetic_data)
+    tr = Trainer(data, "mkmsr-rn", {"dim": 16}, TrainConfig(epochs=1, seed=0), tmp_path / "run")
+    m = tr.fit()
+    tuned = m["tuned_on_validation"]
+    assert tuned["nb_multiplier"] in (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    assert tuned["gate_shift"] in (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+    assert tuned["cold_shift"] in (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+    curve = tuned["valid_mrr@20_by_calibration"]
+    assert max(curve.values()) == m["valid"]["mrr@20"]      # the chosen point is the validation best
+    assert m["test_best_over_epochs"].get("not_applicable")
+    saved = __import__("json").loads((tmp_path / "run" / "best" / "model.json").read_text())["config"]
+    assert saved["nb_multiplier"] == tuned["nb_multiplier"] and saved["gate_shift"] == tuned["gate_shift"]
