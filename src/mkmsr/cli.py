@@ -84,7 +84,7 @@ def _tensorboard_dir(a: argparse.Namespace) -> str | None:
     """``--tensorboard DIR``, checked before any training starts (the extra may be missing)."""
     if not getattr(a, "tensorboard", None):
         return None
-    from .tensorboard_log import summary_writer_class
+    from .training.tensorboard_log import summary_writer_class
 
     summary_writer_class()  # raises ConfigError naming the extra when it is missing
     return a.tensorboard
@@ -99,12 +99,12 @@ METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20")
 # --------------------------------------------------------------------------------------------
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from .prepare import PrepareConfig, prepare
-    from .sources import ColumnMap, read_generic, read_jdata_demo
+    from .data.prepare import PrepareConfig, prepare
+    from .data.sources import ColumnMap, read_generic, read_jdata_demo
 
     raw_format = None
     if a.format not in ("jdata-demo", "csv", "parquet", "recbole"):
-        from . import raw_formats
+        from .data import raw_formats
 
         raw_format = raw_formats.get_format(a.format)
     # the paper's item filter (>= 3) is the default of the raw public formats, 1 elsewhere
@@ -134,7 +134,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
                            relations, a.valid_events, a.test_events, 3600.0 if gap is None else gap,
                            a.format, a.separator)
     elif a.format == "recbole":
-        from .recbole_files import read_recbole
+        from .data.recbole_files import read_recbole
 
         if not a.source or not a.dataset:
             raise ConfigError("--format recbole needs --source DIR and --dataset NAME (reads DIR/NAME.inter "
@@ -164,7 +164,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .recbole_files import export_recbole
+    from .data.recbole_files import export_recbole
 
     out = export_recbole(a.data, a.out, a.dataset, splits=not a.no_splits, max_len=a.max_len,
                          overwrite=a.overwrite)
@@ -180,7 +180,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _train_config(a: argparse.Namespace, toml_train: dict) -> "TrainConfig":
-    from .train import TrainConfig
+    from .training.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(toml_train) - names)
@@ -209,7 +209,7 @@ def _load_toml(path: str | None) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
+    from .training.train import train
 
     toml = _load_toml(a.config)
     cfg = _train_config(a, toml.get("train", {}))
@@ -218,7 +218,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     # launched by torchrun with several processes: one DDP rank (see mkmsr.distributed)
     import os
 
-    from .distributed import from_env, shutdown
+    from .training.distributed import from_env, shutdown
     dist = from_env(os.environ, cfg.device)
     try:
         m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
@@ -242,11 +242,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .dataset import PreparedData
+    from .data.dataset import PreparedData
     from .errors import DataError
-    from .evaluate import evaluate
+    from .training.evaluate import evaluate
     from .fsutil import write_json
-    from .train import resolve_device
+    from .training.train import resolve_device
 
     device = resolve_device(a.device)
     model, meta = load_checkpoint(a.run, device)
@@ -277,7 +277,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from .recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
+    from .serving.recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
 
     if bool(a.session) == bool(a.input):
         raise ConfigError("give either --session item:op,item:op,... or --input FILE (jsonl, csv or text)")
@@ -311,7 +311,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .serve import ServeConfig, serve
+    from .serving.serve import ServeConfig, serve
 
     cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
@@ -338,7 +338,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .synthetic import SyntheticConfig, write_synthetic
+    from .data.synthetic import SyntheticConfig, write_synthetic
 
     cfg = SyntheticConfig(n_sessions=a.sessions, n_items=a.items, n_cold_items=a.cold_items, seed=a.seed)
     out = write_synthetic(a.out, cfg)
@@ -347,7 +347,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from .benchmark import (embedding_map, make_figures, parse_datasets, run_benchmark, run_lambda_sweep,
+    from .training.benchmark import (embedding_map, make_figures, parse_datasets, run_benchmark, run_lambda_sweep,
                             run_strategies)
     from .models import model_names
 
@@ -373,7 +373,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
         run_lambda_sweep(out, curve_label, datasets[curve_label], a.lambda_model,
                          [float(x) for x in a.lambdas.split(",")], a.curve_seeds, train_over, a.lock, say)
     if a.embedding_map:
-        from .benchmark import RunSpec
+        from .training.benchmark import RunSpec
         run = RunSpec(curve_label, datasets[curve_label], "mkmsr", 0).run_dir(out)
         if not (run / "best" / "model.json").exists():
             raise ConfigError(f"--embedding-map needs the mkmsr seed-0 run on {curve_label} ({run}): "
@@ -393,7 +393,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         raise ConfigError("mkmsr tune needs Optuna: pip install 'mkmsr[tune]'") from None
     from tqdm.auto import tqdm
 
-    from .tune import tune
+    from .training.tune import tune
 
     def say(line: str) -> None:  # above the progress bar, when there is one
         tqdm.write(line)
@@ -401,7 +401,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     if not a.verbose:  # the trials' per-epoch lines only with -v
-        logging.getLogger("mkmsr.train").setLevel(logging.WARNING)
+        logging.getLogger("mkmsr.training.train").setLevel(logging.WARNING)
     train_over = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("threads", a.threads),
                                     ("max_len", a.max_len), ("batch_size", a.batch_size), ("device", a.device))
                   if v is not None}
@@ -429,7 +429,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: paper §4.1.4; see mkmsr.train.TrainConfig)")
+    g = p.add_argument_group("training (defaults: paper §4.1.4; see mkmsr.training.train.TrainConfig)")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     g.add_argument("--batch-size", dest="batch_size", type=int, help="samples per SR step (default 128)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", required=True,
                    help="jdata-demo | csv | parquet | recbole (atomic files DIR/NAME.inter + NAME.item: --source, "
                         "--dataset) | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, taobao "
-                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
+                        "(read from --source DIR in their published layout; see mkmsr.data.raw_formats)")
     s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo, recbole, raw formats)")
     s.add_argument("--dataset", help="recbole: the dataset name NAME of DIR/NAME.inter and DIR/NAME.item")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--separator", default=",", help="CSV input: field separator (default ,)")
     s.set_defaults(func=cmd_recommend)
 
-    from .serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
+    from .serving.serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
     d = _SC()
     s = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)")
     s.add_argument("--model", required=True, help="checkpoint or run directory to serve")

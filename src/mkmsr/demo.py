@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 from .fsutil import write_json
-from .prepare import PrepareConfig, prepare
-from .sources import ColumnMap, read_generic
-from .synthetic import SyntheticConfig, write_synthetic
-from .train import TrainConfig, train
+from .data.prepare import PrepareConfig, prepare
+from .data.sources import ColumnMap, read_generic
+from .data.synthetic import SyntheticConfig, write_synthetic
+from .training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
