@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, MkmsrError
+from .tables import METRIC_COLUMNS, format_table
 
 log = logging.getLogger("mkmsr")
 
@@ -57,19 +58,6 @@ def _kv_pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Plain aligned text table; ``columns`` = [(key, header)]. Floats get 2 decimals."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        return "" if v is None else str(v)
-    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
-    heads = [h for _, h in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
-
-
 def show_progress(a: argparse.Namespace) -> bool:
     """Progress bars: ``--no-progress`` wins, then ``--progress``; otherwise only when stderr is a
     terminal (a log file gets the one INFO line per epoch instead of bar frames)."""
@@ -90,65 +78,29 @@ def _tensorboard_dir(a: argparse.Namespace) -> str | None:
     return a.tensorboard
 
 
-METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20"), ("mrr@5", "MRR@5"),
-                  ("mrr@10", "MRR@10"), ("mrr@20", "MRR@20"), ("ndcg@20", "NDCG@20"), ("samples", "samples")]
-
-
 # --------------------------------------------------------------------------------------------
 # subcommands
 # --------------------------------------------------------------------------------------------
 
 def cmd_prepare(a: argparse.Namespace) -> int:
     from .data.prepare import PrepareConfig, prepare
-    from .data.sources import ColumnMap, read_generic, read_jdata_demo
+    from .data.read import default_min_item_count, read_raw
 
-    raw_format = None
-    if a.format not in ("jdata-demo", "csv", "parquet", "recbole"):
-        from .data import raw_formats
-
-        raw_format = raw_formats.get_format(a.format)
     # the paper's item filter (>= 3) is the default of the raw public formats, 1 elsewhere
-    min_item_count = a.min_item_count if a.min_item_count is not None else (
-        raw_format.min_item_count if raw_format else 1)
+    default_min = default_min_item_count(a.format)  # an unknown --format fails here, first
+    min_item_count = a.min_item_count if a.min_item_count is not None else default_min
     cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
                         min_item_count=min_item_count, valid_fraction=a.valid_fraction,
                         test_fraction=a.test_fraction, test_filter=a.test_filter)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
     options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
-    misplaced = [k for k in options if raw_format is None or k not in raw_format.options]
-    if misplaced:
-        raise ConfigError(f"--{misplaced[0].replace('_', '-')} applies to --format taobao only")
-    if a.format == "jdata-demo":
-        if not a.source:
-            raise ConfigError("--format jdata-demo needs --source DIR")
-        raw = read_jdata_demo(a.source, a.cold_start)
-    elif a.format in ("csv", "parquet"):
-        if not a.events:
-            raise ConfigError(f"--format {a.format} needs --events FILE")
-        op = "operation" if a.op_col is None else a.op_col
-        cols = ColumnMap(item=a.item_col, op=op or None, time=a.time_col or None,
-                         session=a.session_col, user=a.user_col, time_format=a.time_format)
-        relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
-        raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
-                           relations, a.valid_events, a.test_events, 3600.0 if gap is None else gap,
-                           a.format, a.separator)
-    elif a.format == "recbole":
-        from .data.recbole_files import read_recbole
-
-        if not a.source or not a.dataset:
-            raise ConfigError("--format recbole needs --source DIR and --dataset NAME (reads DIR/NAME.inter "
-                              "and, when present, DIR/NAME.item)")
-        raw = read_recbole(a.source, a.dataset, session_field=a.session_col, user_field=a.user_col,
-                           item_field=a.item_col, time_field=a.time_col or None,
-                           op_field=("operation" if a.op_col is None else a.op_col) or None,
-                           require_op=bool(a.op_col),
-                           relations=[r.strip() for r in a.relations.split(",")] if a.relations else None,
-                           session_gap=3600.0 if gap is None else gap)
-    else:
-        if not a.source:
-            raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
-        raw = raw_formats.read(a.format, a.source, gap, **options)
+    raw = read_raw(a.format, source=a.source, dataset=a.dataset, events=a.events, knowledge=a.knowledge,
+                   valid_events=a.valid_events, test_events=a.test_events, item_col=a.item_col, op_col=a.op_col,
+                   time_col=a.time_col, session_col=a.session_col, user_col=a.user_col, time_format=a.time_format,
+                   kg_cols=(a.kg_item_col, a.kg_relation_col, a.kg_value_col),
+                   relations=[r.strip() for r in a.relations.split(",")] if a.relations else None,
+                   separator=a.separator, session_gap=gap, cold_start=a.cold_start, **options)
     out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
     from .fsutil import read_json
 
@@ -239,44 +191,20 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    import torch
+    from .training.evaluate_run import evaluate_checkpoint
 
-    from .checkpoint import load_checkpoint
-    from .data.dataset import PreparedData
-    from .errors import DataError
-    from .training.evaluate import evaluate
-    from .fsutil import write_json
-    from .training.train import resolve_device
-
-    device = resolve_device(a.device)
-    model, meta = load_checkpoint(a.run, device)
-    data = PreparedData(a.data)
-    if data.spec.to_dict() != meta["spec"] or meta["dataset"]["content_sha256"] != data.content_hash:
-        # a different artifact is fine only when its id maps match the checkpoint's
-        import polars as pl
-        ck_items = pl.read_parquet(Path(meta["path"]) / "items.parquet")
-        if data.spec.to_dict() != meta["spec"] or not data.items["item_id"].equals(ck_items["item_id"]):
-            raise DataError("this prepared dataset's id maps differ from the checkpoint's "
-                            f"(trained on {meta['dataset']['path']}); evaluate on the artifact it was trained on",
-                            file=str(a.data))
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    max_len = (meta.get("train_config") or {}).get("max_len")
-    res = {s: evaluate(model, data, s, a.batch_size, max_len, device) for s in a.split}
+    report, out = evaluate_checkpoint(a.run, a.data, a.split, a.batch_size, a.device, a.threads, a.json)
+    res = report["results"]
     rows = [{"what": s, **r} for s, r in res.items()] + \
            [{"what": f"{s} (cold targets)", **{k[5:]: v for k, v in r.items() if k.startswith("cold_")}}
             for s, r in res.items()]
     print(format_table(rows, [("what", "")] + METRIC_COLUMNS))
-    out = Path(a.json) if a.json else Path(meta["path"]).parent / "evaluation.json"
-    write_json(out, {"checkpoint": meta["path"], "dataset": str(data.path), "results": res})
     print(f"\nwritten {out}")
     return 0
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
-    import os
-    import tempfile
-
+    from .fsutil import atomic_write_lines
     from .serving.recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
 
     if bool(a.session) == bool(a.input):
@@ -297,15 +225,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
             sys.stdout.write(line)
         return 0
     out = Path(a.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    try:  # written to a temporary file, renamed when complete
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            n = sum(fh.write(line) > 0 for line in lines)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    n = atomic_write_lines(out, lines)  # written to a temporary file, renamed when complete
     print(f"{n} sessions -> {out}", file=sys.stderr)
     return 0
 
