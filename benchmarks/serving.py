@@ -94,11 +94,11 @@ def synthetic_catalogue(out: Path, n_items: int, pop_sessions: int, seed: int) -
 
 def cmd_build(a) -> int:
     from mkmsr.checkpoint import save_checkpoint
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
+    from mkmsr.data.prepare import PrepareConfig, prepare
+    from mkmsr.data.sources import ColumnMap, read_generic
     from mkmsr.models import build_model
-    from mkmsr.prepare import PrepareConfig, prepare
-    from mkmsr.sources import ColumnMap, read_generic
-    from mkmsr.train import TrainConfig, train
+    from mkmsr.training.train import TrainConfig, train
 
     work = Path(a.work)
     t0 = time.perf_counter()
@@ -149,8 +149,8 @@ def pct(ms: list[float]) -> dict:
 def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions, k: int) -> list[dict]:
     """Latency of ``recommend`` per (torch threads, scan) config: a block per thread count, in
     which the scan modes take turns call by call (same background load for both)."""
-    from mkmsr.batching import batch_from_sequences
-    from mkmsr.recommend import Recommender
+    from mkmsr.data.batching import batch_from_sequences
+    from mkmsr.serving.recommend import Recommender
 
     recs = {scan: Recommender.load(model, scan=scan) for scan in {c[1] for c in configs}}
     lat = {c: [] for c in configs}
@@ -396,7 +396,7 @@ def main(argv=None) -> int:
     m.set_defaults(func=cmd_measure)
     a = p.parse_args(argv)
     if getattr(a, "max_inference_batch", 0) is None:
-        from mkmsr.serve import ServeConfig
+        from mkmsr.serving.serve import ServeConfig
         a.max_inference_batch = ServeConfig().max_inference_batch
     return a.func(a)
 

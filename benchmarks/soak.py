@@ -5,7 +5,7 @@
 
 What it does, on loopback (127.0.0.1, a free port) only:
 
-1. models: without ``--model``, writes a synthetic dataset (``mkmsr.synthetic``), prepares it and
+1. models: without ``--model``, writes a synthetic dataset (``mkmsr.data.synthetic``), prepares it and
    trains MKM-SR for one epoch (model A), and saves a second, differently seeded model B (both
    in ``--work``; well under a minute on an idle 2-core machine);
 2. starts ``mkmsr serve --model A --access-log json --max-body-bytes 65536`` in a subprocess;
@@ -70,12 +70,12 @@ def build_models(work: Path, seed: int) -> tuple[Path, Path]:
     import torch
 
     from mkmsr.checkpoint import save_checkpoint
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
+    from mkmsr.data.prepare import PrepareConfig, prepare
+    from mkmsr.data.sources import ColumnMap, read_generic
+    from mkmsr.data.synthetic import SyntheticConfig, write_synthetic
     from mkmsr.models import build_model
-    from mkmsr.prepare import PrepareConfig, prepare
-    from mkmsr.sources import ColumnMap, read_generic
-    from mkmsr.synthetic import SyntheticConfig, write_synthetic
-    from mkmsr.train import TrainConfig, train
+    from mkmsr.training.train import TrainConfig, train
 
     t0 = time.perf_counter()
     raw = write_synthetic(work / "raw", SyntheticConfig(n_sessions=2000, n_items=1500, n_cold_items=150, seed=seed))

@@ -6,7 +6,7 @@ the same data with the same hyper-parameters and thread count, plus the arithmet
 Datasets (prepared in the same run, under --work):
 
 * ``demo``: the paper's Demo (../shared/data/jdata-demo, cold-start items dropped): 12k items.
-* ``jdata``: a JDATA-scale synthetic dataset (mkmsr.synthetic.jdata_scale: 455k sessions, 139k
+* ``jdata``: a JDATA-scale synthetic dataset (mkmsr.data.synthetic.jdata_scale: 455k sessions, 139k
   items, 5 operations, 4 relations, mean length 5.4) prepared in full, then cut to its first
   ``--train-samples`` training and ``--eval-samples`` test samples so that every model finishes
   in minutes. The catalogue stays whole (every model ranks all ~139k items) and the knowledge
@@ -56,8 +56,8 @@ MODELS = ("mkmsr", "sr-gnn", "recbole-srgnn")
 # --------------------------------------------------------------------------------------------
 
 def prepare_demo(work: Path) -> Path:
-    from mkmsr.prepare import PrepareConfig, prepare
-    from mkmsr.sources import read_jdata_demo
+    from mkmsr.data.prepare import PrepareConfig, prepare
+    from mkmsr.data.sources import read_jdata_demo
 
     out = work / "demo"
     if not (out / "manifest.json").exists():
@@ -66,9 +66,9 @@ def prepare_demo(work: Path) -> Path:
 
 
 def prepare_jdata(work: Path, seed: int = 0) -> Path:
-    from mkmsr.prepare import PrepareConfig, prepare
-    from mkmsr.sources import ColumnMap, read_generic
-    from mkmsr.synthetic import jdata_scale, write_synthetic
+    from mkmsr.data.prepare import PrepareConfig, prepare
+    from mkmsr.data.sources import ColumnMap, read_generic
+    from mkmsr.data.synthetic import jdata_scale, write_synthetic
 
     out = work / "jdata-full"
     if not (out / "manifest.json").exists():
@@ -88,9 +88,9 @@ def prepare_jdata(work: Path, seed: int = 0) -> Path:
 def subset(src: Path, dst: Path, train_samples: int, eval_samples: int) -> Path:
     """A copy of artifact ``src`` whose splits keep only their first sessions (``train_samples``
     training, ``eval_samples`` validation and test samples); catalogue and knowledge stay whole."""
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
+    from mkmsr.data.prepare import _split_stats
     from mkmsr.fsutil import atomic_dir, write_json
-    from mkmsr.prepare import _split_stats
     import hashlib
 
     data = PreparedData(src)
@@ -120,8 +120,8 @@ def subset(src: Path, dst: Path, train_samples: int, eval_samples: int) -> Path:
 def recbole_files(data_dir: Path, dst: Path, max_len: int) -> Path:
     """Our samples as RecBole atomic files: ``bench.{train,valid,test}.inter``, one prefix -> target
     per line (the samples our trainer sees), and ``bench.item`` with every catalogue item
-    (mkmsr.recbole_files, the same writer as ``mkmsr export --format recbole``)."""
-    from mkmsr.recbole_files import export_recbole
+    (mkmsr.data.recbole_files, the same writer as ``mkmsr export --format recbole``)."""
+    from mkmsr.data.recbole_files import export_recbole
 
     return export_recbole(data_dir, dst, "bench", max_len=max_len, overwrite=True)
 
@@ -162,9 +162,9 @@ def gemm_limit(n_items: int, dim: int, batch: int, threads: int, repeats: int = 
 def worker_ours(a: argparse.Namespace) -> None:
     import torch
 
-    from mkmsr.dataset import PreparedData
-    from mkmsr.evaluate import evaluate
-    from mkmsr.train import TrainConfig, Trainer
+    from mkmsr.data.dataset import PreparedData
+    from mkmsr.training.evaluate import evaluate
+    from mkmsr.training.train import TrainConfig, Trainer
 
     torch.set_num_threads(a.threads)
     data = PreparedData(a.data)
@@ -219,7 +219,7 @@ def main() -> None:
     if a.worker:
         return worker_ours(a)
 
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
 
     a.work = a.work.resolve()
     a.work.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from mkmsr.dataset import PreparedData  # noqa: E402
-from mkmsr.evaluate import evaluate  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
+from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
+from mkmsr.data.sources import read_jdata_demo  # noqa: E402
 from mkmsr.fsutil import write_json  # noqa: E402
-from mkmsr.prepare import PrepareConfig, prepare  # noqa: E402
-from mkmsr.sources import read_jdata_demo  # noqa: E402
-from mkmsr.train import TrainConfig, Trainer  # noqa: E402
+from mkmsr.training.evaluate import evaluate  # noqa: E402
+from mkmsr.training.train import TrainConfig, Trainer  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from mkmsr.checkpoint import save_checkpoint
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
 from mkmsr.models import build_model
-from mkmsr.train import TrainConfig, train
+from mkmsr.training.train import TrainConfig, train
 
 
 def untrained_checkpoint(data: Path, out: Path, seed: int = 0, name: str = "mkmsr", dim: int = 16) -> Path:

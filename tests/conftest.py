@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import ColumnMap, read_generic
-from mkmsr.synthetic import SyntheticConfig, write_synthetic
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import ColumnMap, read_generic
+from mkmsr.data.synthetic import SyntheticConfig, write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = Path(os.environ.get("MKMSR_DEMO_DATA", ROOT.parent / "shared" / "data" / "jdata-demo"))

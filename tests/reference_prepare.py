@@ -1,5 +1,5 @@
 """The original (issue 2), string-keyed, eager ``prepare``: kept as the slow reference that the
-fast rewrite in mkmsr.prepare must reproduce file for file (tests/test_prepare_equivalence.py).
+fast rewrite in mkmsr.data.prepare must reproduce file for file (tests/test_prepare_equivalence.py).
 
 Prepare once, train many times: canonical events + knowledge -> a versioned on-disk artifact.
 
@@ -39,9 +39,9 @@ import numpy as np
 import polars as pl
 
 from mkmsr import __version__
+from mkmsr.data.sources import RawData
 from mkmsr.errors import ConfigError, DataError
 from mkmsr.fsutil import atomic_dir, write_json
-from mkmsr.sources import RawData
 
 log = logging.getLogger(__name__)
 

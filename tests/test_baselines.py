@@ -8,13 +8,13 @@ import polars as pl
 import pytest
 import torch
 
-from mkmsr.batching import Batch, batch_from_sequences
-from mkmsr.dataset import DatasetSpec, PreparedData
+from mkmsr.data.batching import Batch, batch_from_sequences
+from mkmsr.data.dataset import DatasetSpec, PreparedData
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import ColumnMap, read_generic
 from mkmsr.models import build_model
 from mkmsr.models.fpmc import bpr_loss
 from mkmsr.models.word2vec import skipgram_pairs, train_skipgram
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import ColumnMap, read_generic
 
 DAY = 86400.0
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from mkmsr import benchmark as bm
 from mkmsr.cli import main
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
 from mkmsr.errors import ConfigError
 from mkmsr.fsutil import read_json
+from mkmsr.training import benchmark as bm
 
 
 @pytest.fixture(scope="module")

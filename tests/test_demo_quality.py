@@ -5,9 +5,9 @@ room for seed noise (one standard error of Hit@20 is about 1 point on this test 
 """
 import pytest
 
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import read_jdata_demo
-from mkmsr.train import TrainConfig, train
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import read_jdata_demo
+from mkmsr.training.train import TrainConfig, train
 
 from .conftest import demo_or_skip
 
@@ -20,7 +20,7 @@ def demo_drop(tmp_path_factory):
 
 
 def test_reader_reproduces_the_published_demo_statistics(demo_drop):
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
     m = PreparedData(demo_drop).manifest
     assert m["counts"]["items"] == 12195  # every item of train.csv
     # test.csv has 1,681 samples (SR-GNN convention); filtered against the fit split like
@@ -33,7 +33,7 @@ def test_reader_reproduces_the_published_demo_statistics(demo_drop):
 
 
 def test_older_test_filter_reproduces_the_published_test_set(tmp_path):
-    from mkmsr.dataset import PreparedData
+    from mkmsr.data.dataset import PreparedData
     raw = read_jdata_demo(demo_or_skip(), "drop")
     m = PreparedData(prepare(raw, tmp_path / "period", PrepareConfig(cold_start="drop", test_filter="period"))).manifest
     assert m["splits"]["test"]["samples"] == 1681

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from mkmsr.checkpoint import load_checkpoint
-from mkmsr.dataset import PreparedData
-from mkmsr.evaluate import evaluate
-from mkmsr.train import TrainConfig, Trainer
+from mkmsr.data.dataset import PreparedData
+from mkmsr.training.evaluate import evaluate
+from mkmsr.training.train import TrainConfig, Trainer
 
 ARGS = ["--model", "mkmsr", "--model-opt", "dim=16", "--epochs", "2", "--batch-size", "64", "--seed", "3",
         "--threads", "1", "--no-progress", "--patience", "5"]

@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from mkmsr.batching import Batch
-from mkmsr.dataset import DatasetSpec
+from mkmsr.data.batching import Batch
+from mkmsr.data.dataset import DatasetSpec
 from mkmsr.models import build_model
 from mkmsr.models.base import SessionModel
 from mkmsr.models.layers import full_softmax_ce

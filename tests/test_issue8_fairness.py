@@ -10,17 +10,17 @@ import polars as pl
 import pytest
 import torch
 
-from mkmsr.batching import Batch
-from mkmsr.dataset import PreparedData
+from mkmsr.data.batching import Batch
+from mkmsr.data.dataset import PreparedData
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import ColumnMap, read_generic
 from mkmsr.errors import TrainingDiverged
-from mkmsr.evaluate import evaluate, repeat_mask
-from mkmsr.metrics import NonFiniteScoreError, expected_metrics, metrics_from_ranks, rank_counts, target_ranks
 from mkmsr.models import build_model
 from mkmsr.models.counting import remind
 from mkmsr.models.layers import session_graph
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import ColumnMap, read_generic
-from mkmsr.train import TrainConfig, Trainer
+from mkmsr.training.evaluate import evaluate, repeat_mask
+from mkmsr.training.metrics import NonFiniteScoreError, expected_metrics, metrics_from_ranks, rank_counts, target_ranks
+from mkmsr.training.train import TrainConfig, Trainer
 
 
 # ---- 1. lambda_1 acts -------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_paper_adjacency_uses_one_weight_per_edge():
 # ---- 8. paired verdicts over seeds x samples -------------------------------------------------------
 
 def test_paired_bootstrap_spread_grows_with_seed_variance():
-    from mkmsr.benchmark import paired_bootstrap, per_sample_metric
+    from mkmsr.training.benchmark import paired_bootstrap, per_sample_metric
     rng = np.random.default_rng(1)
     base = rng.random(400) * 10
     a_same = np.stack([base + 1.0 for _ in range(5)])            # A = B + 1 for every seed
@@ -231,7 +231,7 @@ def test_paired_bootstrap_spread_grows_with_seed_variance():
 
 
 def test_partner_is_chosen_by_validation_not_test():
-    from mkmsr.benchmark import best_by_validation
+    from mkmsr.training.benchmark import best_by_validation
     rows = {"a": {"valid": {"mrr@20": (10.0, 0.0)}, "selected": {"mrr@20": (50.0, 0.0)}},
             "b": {"valid": {"mrr@20": (12.0, 0.0)}, "selected": {"mrr@20": (5.0, 0.0)}}}
     assert best_by_validation(rows, ["a", "b"], "mrr@20") == "b"

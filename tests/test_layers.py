@@ -1,8 +1,8 @@
 """Operation GRU (Eq. 3), soft attention (Eq. 6-8) and TransH (Eq. 11-12)."""
 import torch
 
-from mkmsr.batching import Batch
-from mkmsr.dataset import DatasetSpec
+from mkmsr.data.batching import Batch
+from mkmsr.data.dataset import DatasetSpec
 from mkmsr.models import build_model
 from mkmsr.models.layers import SoftAttention, TransH
 

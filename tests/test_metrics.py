@@ -4,7 +4,7 @@ import math
 import numpy as np
 import torch
 
-from mkmsr.metrics import metrics_from_ranks, target_ranks, topk
+from mkmsr.training.metrics import metrics_from_ranks, target_ranks, topk
 
 
 def brute_force(scores: np.ndarray, targets: np.ndarray, k: int):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from mkmsr.batching import Batch, batch_from_sequences, make_batch
 from mkmsr.checkpoint import load_checkpoint, save_checkpoint
-from mkmsr.dataset import PreparedData
+from mkmsr.data.batching import Batch, batch_from_sequences, make_batch
+from mkmsr.data.dataset import PreparedData
 from mkmsr.models import build_model, model_names
-from mkmsr.recommend import Recommender
-from mkmsr.train import TrainConfig, Trainer
+from mkmsr.serving.recommend import Recommender
+from mkmsr.training.train import TrainConfig, Trainer
 
 #: models that by design cannot learn an item -> next item transition: global popularity (pop),
 #: the session's own items (s-pop), and the co-occurrence models, whose statistics are symmetric

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mkmsr.batching import Batch, batch_from_sequences
-from mkmsr.dataset import DatasetSpec, PreparedData, SplitArrays
+from mkmsr.data.batching import Batch, batch_from_sequences
+from mkmsr.data.dataset import DatasetSpec, PreparedData, SplitArrays
 from mkmsr.models import build_model
 from mkmsr.models.mgnnspred import neighbor_table
-from mkmsr.recommend import Recommender
-from mkmsr.train import TrainConfig, Trainer
+from mkmsr.serving.recommend import Recommender
+from mkmsr.training.train import TrainConfig, Trainer
 
 SPEC = DatasetSpec(n_items=20, n_entities=21, n_ops=4, n_relations=0)
 

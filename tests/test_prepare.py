@@ -6,10 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import ColumnMap, read_generic
 from mkmsr.errors import ConfigError, DataError
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import ColumnMap, read_generic
 
 COLS = ColumnMap(item="item", op="op", time="ts", session="sess")
 
@@ -105,7 +105,7 @@ def test_prepare_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path, 
     out = prepare(read_generic(ev, COLS), tmp_path / "art")
     with pytest.raises(FileExistsError):
         prepare(read_generic(ev, COLS), out)
-    import mkmsr.prepare as P
+    import mkmsr.data.prepare as P
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

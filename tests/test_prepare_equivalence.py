@@ -7,8 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import ColumnMap, read_generic, read_jdata_demo
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import ColumnMap, read_generic, read_jdata_demo
 
 from . import reference_prepare as ref
 from .conftest import SYN_COLS, demo_or_skip

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from mkmsr.cli import main
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.raw_formats import FORMATS, read
 from mkmsr.errors import ConfigError, DataError
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.raw_formats import FORMATS, read
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 RELATIONS = {"jdata2018": {"brand", "shop", "cate", "years"}, "jdata2017": {"cate", "brand", "a1", "a2", "a3"},

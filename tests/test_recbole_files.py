@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
+from mkmsr.data.prepare import SPLITS, PrepareConfig, prepare
+from mkmsr.data.recbole_files import export_recbole, read_header, read_recbole
 from mkmsr.errors import DataError
-from mkmsr.prepare import SPLITS, PrepareConfig, prepare
-from mkmsr.recbole_files import export_recbole, read_header, read_recbole
 
 ROOT = Path(__file__).resolve().parents[1]
 RECBOLE_PY = ROOT / ".venv-recbole" / "bin" / "python"
@@ -170,7 +170,7 @@ def test_export_refuses_ids_an_atomic_file_cannot_carry(tmp_path):
                        "item_id": ["a b", "c", "a b", "c", "a b", "c", "a b", "c", "a b"],
                        "operation": ["v"] * 9, "timestamp": [float(i) for i in range(9)]})
     ev.write_csv(tmp_path / "e.csv")
-    from mkmsr.sources import ColumnMap, read_generic
+    from mkmsr.data.sources import ColumnMap, read_generic
 
     raw = read_generic(tmp_path / "e.csv", ColumnMap(session="session_id"))
     d = prepare(raw, tmp_path / "p", PrepareConfig(valid_fraction=0.34, test_fraction=0.34))

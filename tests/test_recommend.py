@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 import torch
 
-from mkmsr.batching import batch_from_sequences
+from mkmsr.data.batching import batch_from_sequences
 from mkmsr.errors import DataError
-from mkmsr.recommend import Recommender, read_sessions, recommend_requests
+from mkmsr.serving.recommend import Recommender, read_sessions, recommend_requests
 
 from .checkpoints import untrained_checkpoint
 

@@ -19,9 +19,9 @@ pytest.importorskip("fastapi", reason="the server needs the 'serve' extra (scrip
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra (scripts/setup.sh installs it)")
 
 from mkmsr.checkpoint import save_checkpoint  # noqa: E402
-from mkmsr.dataset import PreparedData  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.models import build_model  # noqa: E402
-from mkmsr.recommend import Recommender  # noqa: E402
+from mkmsr.serving.recommend import Recommender  # noqa: E402
 
 from .checkpoints import trained_run, untrained_checkpoint  # noqa: E402
 
@@ -528,7 +528,7 @@ def test_body_limit_stops_a_chunked_body_at_the_limit(world):
 
 
 def test_two_apps_in_one_process_have_their_own_metrics(world):
-    from mkmsr.serve import ModelHolder, create_app
+    from mkmsr.serving.serve import ModelHolder, create_app
 
     holder = ModelHolder(world["b"])
     a, b = create_app(holder), create_app(holder, access_log="json")  # no duplicate-timeseries error
@@ -555,7 +555,7 @@ def test_observe_counts_crashes_and_abandoned_requests():
 
     from starlette.routing import Route
 
-    from mkmsr.serve_observe import UNMATCHED, Observe, ServerMetrics
+    from mkmsr.serving.serve_observe import UNMATCHED, Observe, ServerMetrics
 
     async def crash(scope, receive, send):
         raise RuntimeError("boom")

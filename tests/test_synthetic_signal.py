@@ -6,10 +6,10 @@ knowledge describes. (The faithful MKM-SR's squared TransH loss does not reliabl
 this data — see the README's results section.)"""
 import pytest
 
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.sources import read_generic
-from mkmsr.synthetic import SyntheticConfig, generate, write_synthetic
-from mkmsr.train import TrainConfig, train
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.sources import read_generic
+from mkmsr.data.synthetic import SyntheticConfig, generate, write_synthetic
+from mkmsr.training.train import TrainConfig, train
 
 from .conftest import SYN_COLS
 

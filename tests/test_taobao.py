@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 
 from mkmsr.cli import main
-from mkmsr.dataset import PreparedData
+from mkmsr.data.dataset import PreparedData
+from mkmsr.data.prepare import PrepareConfig, prepare
+from mkmsr.data.raw_formats import TAOBAO_PERIOD, read
 from mkmsr.errors import ConfigError, DataError
-from mkmsr.prepare import PrepareConfig, prepare
-from mkmsr.raw_formats import TAOBAO_PERIOD, read
 
 from .test_raw_formats import session_keys, triplets
 
@@ -126,7 +126,7 @@ def test_prepares_with_the_raw_format_filters_and_both_cold_start_policies(tmp_p
 # ---- the out-of-period policy ------------------------------------------------------------------
 
 def test_out_of_period_rows_are_dropped_by_default_and_kept_on_request(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="mkmsr.raw_formats"):
+    with caplog.at_level(logging.INFO, logger="mkmsr.data.raw_formats"):
         raw = read("taobao", FIX / "taobao")
     assert "dropped 3 rows with a timestamp outside the official period" in caplog.text
     rows = set(raw.events["row"].to_list())
@@ -161,7 +161,7 @@ def test_truncated_last_row_is_an_error_naming_file_row_and_column(tmp_path, cap
 
 
 def test_drop_truncated_last_row_drops_it_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="mkmsr.raw_formats"):
+    with caplog.at_level(logging.WARNING, logger="mkmsr.data.raw_formats"):
         raw = read("taobao", FIX / "taobao-truncated", drop_truncated_last_row=True)
     assert "dropped the malformed last row 40 '100370,1968385,1875258,pv'" in caplog.text
     assert raw.events.height == 39 and raw.events["row"].max() == 39

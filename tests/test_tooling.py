@@ -64,7 +64,7 @@ def test_progress_flag_forces_bars_into_a_file(planted_data, tmp_path):
 
 
 def test_benchmark_tensorboard_per_run_subfolders(planted_data, tmp_path):
-    from mkmsr.benchmark import run_benchmark
+    from mkmsr.training.benchmark import run_benchmark
 
     run_benchmark(tmp_path / "bench", {"planted": planted_data}, ["gru4rec-ce", "pop"], seeds=2,
                   train_overrides={"epochs": 2, "patience": 2}, tensorboard_dir=tmp_path / "tb")
@@ -77,7 +77,7 @@ def test_benchmark_tensorboard_per_run_subfolders(planted_data, tmp_path):
 
 def test_missing_tensorboard_names_the_extra(monkeypatch, tmp_path, capsys):
     from mkmsr.cli import main
-    from mkmsr.tensorboard_log import open_writer
+    from mkmsr.training.tensorboard_log import open_writer
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     with pytest.raises(ConfigError, match=r"mkmsr\[tensorboard\]"):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from mkmsr.batching import Batch
-from mkmsr.dataset import PreparedData
+from mkmsr.data.batching import Batch
+from mkmsr.data.dataset import PreparedData
 from mkmsr.errors import ConfigError
-from mkmsr.train import KnowledgeSampler, TrainConfig, Trainer
+from mkmsr.training.train import KnowledgeSampler, TrainConfig, Trainer
 
 FAST = dict(batch_size=64, patience=10, seed=3)
 

@@ -16,15 +16,15 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from mkmsr import cli  # noqa: E402
-from mkmsr.benchmark import TUNING_GRIDS  # noqa: E402
-from mkmsr.dataset import PreparedData  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.errors import ConfigError  # noqa: E402
-from mkmsr.evaluate import evaluate  # noqa: E402
 from mkmsr.models import MODELS, build_model, make_config, model_names  # noqa: E402
 from mkmsr.models.narm import NARM  # noqa: E402
 from mkmsr.models.pop import Pop  # noqa: E402
-from mkmsr.train import TrainConfig  # noqa: E402
-from mkmsr.tune import Choice, LogUniform, SearchSpace, Uniform, search_space, tune  # noqa: E402
+from mkmsr.training.benchmark import TUNING_GRIDS  # noqa: E402
+from mkmsr.training.evaluate import evaluate  # noqa: E402
+from mkmsr.training.train import TrainConfig  # noqa: E402
+from mkmsr.training.tune import Choice, LogUniform, SearchSpace, Uniform, search_space, tune  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -141,7 +141,7 @@ def test_tiny_budget_writes_study_trials_and_a_config_train_reproduces(planted_d
 
 
 def test_median_pruning_stops_a_trial_below_the_median(planted_data, tmp_path, monkeypatch):
-    import mkmsr.tune as tune_module
+    import mkmsr.training.tune as tune_module
 
     monkeypatch.setattr(tune_module, "PRUNE_STARTUP_TRIALS", 1)
     monkeypatch.setattr(tune_module, "PRUNE_WARMUP_EPOCHS", 0)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .dataset import DatasetSpec, PreparedData
+from .data.dataset import DatasetSpec, PreparedData
 from .errors import DataError
 from .fsutil import atomic_dir, read_json, write_json
 from .models import MODELS, build_model

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, MkmsrError
+from .tables import METRIC_COLUMNS, format_table
 
 log = logging.getLogger("mkmsr")
 
@@ -57,19 +58,6 @@ def _kv_pairs(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Plain aligned text table; ``columns`` = [(key, header)]. Floats get 2 decimals."""
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.2f}"
-        return "" if v is None else str(v)
-    body = [[cell(r.get(k)) for k, _ in columns] for r in rows]
-    heads = [h for _, h in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(b) for b in body])
-
-
 def show_progress(a: argparse.Namespace) -> bool:
     """Progress bars: ``--no-progress`` wins, then ``--progress``; otherwise only when stderr is a
     terminal (a log file gets the one INFO line per epoch instead of bar frames)."""
@@ -84,14 +72,10 @@ def _tensorboard_dir(a: argparse.Namespace) -> str | None:
     """``--tensorboard DIR``, checked before any training starts (the extra may be missing)."""
     if not getattr(a, "tensorboard", None):
         return None
-    from .tensorboard_log import summary_writer_class
+    from .training.tensorboard_log import summary_writer_class
 
     summary_writer_class()  # raises ConfigError naming the extra when it is missing
     return a.tensorboard
-
-
-METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20"), ("mrr@5", "MRR@5"),
-                  ("mrr@10", "MRR@10"), ("mrr@20", "MRR@20"), ("ndcg@20", "NDCG@20"), ("samples", "samples")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,56 +83,24 @@ METRIC_COLUMNS = [("hit@5", "Hit@5"), ("hit@10", "Hit@10"), ("hit@20", "Hit@20")
 # --------------------------------------------------------------------------------------------
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from .prepare import PrepareConfig, prepare
-    from .sources import ColumnMap, read_generic, read_jdata_demo
+    from .data.prepare import PrepareConfig, prepare
+    from .data.read import default_min_item_count, read_raw
 
-    raw_format = None
-    if a.format not in ("jdata-demo", "csv", "parquet", "recbole"):
-        from . import raw_formats
-
-        raw_format = raw_formats.get_format(a.format)
     # the paper's item filter (>= 3) is the default of the raw public formats, 1 elsewhere
-    min_item_count = a.min_item_count if a.min_item_count is not None else (
-        raw_format.min_item_count if raw_format else 1)
+    default_min = default_min_item_count(a.format)  # an unknown --format fails here, first
+    min_item_count = a.min_item_count if a.min_item_count is not None else default_min
     cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
                         min_item_count=min_item_count, valid_fraction=a.valid_fraction,
                         test_fraction=a.test_fraction, test_filter=a.test_filter)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
     options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
-    misplaced = [k for k in options if raw_format is None or k not in raw_format.options]
-    if misplaced:
-        raise ConfigError(f"--{misplaced[0].replace('_', '-')} applies to --format taobao only")
-    if a.format == "jdata-demo":
-        if not a.source:
-            raise ConfigError("--format jdata-demo needs --source DIR")
-        raw = read_jdata_demo(a.source, a.cold_start)
-    elif a.format in ("csv", "parquet"):
-        if not a.events:
-            raise ConfigError(f"--format {a.format} needs --events FILE")
-        op = "operation" if a.op_col is None else a.op_col
-        cols = ColumnMap(item=a.item_col, op=op or None, time=a.time_col or None,
-                         session=a.session_col, user=a.user_col, time_format=a.time_format)
-        relations = [r.strip() for r in a.relations.split(",")] if a.relations else None
-        raw = read_generic(a.events, cols, a.knowledge, (a.kg_item_col, a.kg_relation_col, a.kg_value_col),
-                           relations, a.valid_events, a.test_events, 3600.0 if gap is None else gap,
-                           a.format, a.separator)
-    elif a.format == "recbole":
-        from .recbole_files import read_recbole
-
-        if not a.source or not a.dataset:
-            raise ConfigError("--format recbole needs --source DIR and --dataset NAME (reads DIR/NAME.inter "
-                              "and, when present, DIR/NAME.item)")
-        raw = read_recbole(a.source, a.dataset, session_field=a.session_col, user_field=a.user_col,
-                           item_field=a.item_col, time_field=a.time_col or None,
-                           op_field=("operation" if a.op_col is None else a.op_col) or None,
-                           require_op=bool(a.op_col),
-                           relations=[r.strip() for r in a.relations.split(",")] if a.relations else None,
-                           session_gap=3600.0 if gap is None else gap)
-    else:
-        if not a.source:
-            raise ConfigError(f"--format {a.format} needs --source DIR holding {', '.join(raw_format.files)}")
-        raw = raw_formats.read(a.format, a.source, gap, **options)
+    raw = read_raw(a.format, source=a.source, dataset=a.dataset, events=a.events, knowledge=a.knowledge,
+                   valid_events=a.valid_events, test_events=a.test_events, item_col=a.item_col, op_col=a.op_col,
+                   time_col=a.time_col, session_col=a.session_col, user_col=a.user_col, time_format=a.time_format,
+                   kg_cols=(a.kg_item_col, a.kg_relation_col, a.kg_value_col),
+                   relations=[r.strip() for r in a.relations.split(",")] if a.relations else None,
+                   separator=a.separator, session_gap=gap, cold_start=a.cold_start, **options)
     out = prepare(raw, a.out, cfg, overwrite=a.overwrite)
     from .fsutil import read_json
 
@@ -164,7 +116,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .recbole_files import export_recbole
+    from .data.recbole_files import export_recbole
 
     out = export_recbole(a.data, a.out, a.dataset, splits=not a.no_splits, max_len=a.max_len,
                          overwrite=a.overwrite)
@@ -180,7 +132,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def _train_config(a: argparse.Namespace, toml_train: dict) -> "TrainConfig":
-    from .train import TrainConfig
+    from .training.train import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     bad = sorted(set(toml_train) - names)
@@ -209,7 +161,7 @@ def _load_toml(path: str | None) -> dict:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import train
+    from .training.train import train
 
     toml = _load_toml(a.config)
     cfg = _train_config(a, toml.get("train", {}))
@@ -218,7 +170,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     # launched by torchrun with several processes: one DDP rank (see mkmsr.distributed)
     import os
 
-    from .distributed import from_env, shutdown
+    from .training.distributed import from_env, shutdown
     dist = from_env(os.environ, cfg.device)
     try:
         m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
@@ -239,45 +191,21 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    import torch
+    from .training.evaluate_run import evaluate_checkpoint
 
-    from .checkpoint import load_checkpoint
-    from .dataset import PreparedData
-    from .errors import DataError
-    from .evaluate import evaluate
-    from .fsutil import write_json
-    from .train import resolve_device
-
-    device = resolve_device(a.device)
-    model, meta = load_checkpoint(a.run, device)
-    data = PreparedData(a.data)
-    if data.spec.to_dict() != meta["spec"] or meta["dataset"]["content_sha256"] != data.content_hash:
-        # a different artifact is fine only when its id maps match the checkpoint's
-        import polars as pl
-        ck_items = pl.read_parquet(Path(meta["path"]) / "items.parquet")
-        if data.spec.to_dict() != meta["spec"] or not data.items["item_id"].equals(ck_items["item_id"]):
-            raise DataError("this prepared dataset's id maps differ from the checkpoint's "
-                            f"(trained on {meta['dataset']['path']}); evaluate on the artifact it was trained on",
-                            file=str(a.data))
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    max_len = (meta.get("train_config") or {}).get("max_len")
-    res = {s: evaluate(model, data, s, a.batch_size, max_len, device) for s in a.split}
+    report, out = evaluate_checkpoint(a.run, a.data, a.split, a.batch_size, a.device, a.threads, a.json)
+    res = report["results"]
     rows = [{"what": s, **r} for s, r in res.items()] + \
            [{"what": f"{s} (cold targets)", **{k[5:]: v for k, v in r.items() if k.startswith("cold_")}}
             for s, r in res.items()]
     print(format_table(rows, [("what", "")] + METRIC_COLUMNS))
-    out = Path(a.json) if a.json else Path(meta["path"]).parent / "evaluation.json"
-    write_json(out, {"checkpoint": meta["path"], "dataset": str(data.path), "results": res})
     print(f"\nwritten {out}")
     return 0
 
 
 def cmd_recommend(a: argparse.Namespace) -> int:
-    import os
-    import tempfile
-
-    from .recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
+    from .fsutil import atomic_write_lines
+    from .serving.recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
 
     if bool(a.session) == bool(a.input):
         raise ConfigError("give either --session item:op,item:op,... or --input FILE (jsonl, csv or text)")
@@ -297,21 +225,13 @@ def cmd_recommend(a: argparse.Namespace) -> int:
             sys.stdout.write(line)
         return 0
     out = Path(a.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-    try:  # written to a temporary file, renamed when complete
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            n = sum(fh.write(line) > 0 for line in lines)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    n = atomic_write_lines(out, lines)  # written to a temporary file, renamed when complete
     print(f"{n} sessions -> {out}", file=sys.stderr)
     return 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .serve import ServeConfig, serve
+    from .serving.serve import ServeConfig, serve
 
     cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
@@ -338,7 +258,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .synthetic import SyntheticConfig, write_synthetic
+    from .data.synthetic import SyntheticConfig, write_synthetic
 
     cfg = SyntheticConfig(n_sessions=a.sessions, n_items=a.items, n_cold_items=a.cold_items, seed=a.seed)
     out = write_synthetic(a.out, cfg)
@@ -347,7 +267,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from .benchmark import (embedding_map, make_figures, parse_datasets, run_benchmark, run_lambda_sweep,
+    from .training.benchmark import (embedding_map, make_figures, parse_datasets, run_benchmark, run_lambda_sweep,
                             run_strategies)
     from .models import model_names
 
@@ -373,7 +293,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
         run_lambda_sweep(out, curve_label, datasets[curve_label], a.lambda_model,
                          [float(x) for x in a.lambdas.split(",")], a.curve_seeds, train_over, a.lock, say)
     if a.embedding_map:
-        from .benchmark import RunSpec
+        from .training.benchmark import RunSpec
         run = RunSpec(curve_label, datasets[curve_label], "mkmsr", 0).run_dir(out)
         if not (run / "best" / "model.json").exists():
             raise ConfigError(f"--embedding-map needs the mkmsr seed-0 run on {curve_label} ({run}): "
@@ -393,7 +313,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
         raise ConfigError("mkmsr tune needs Optuna: pip install 'mkmsr[tune]'") from None
     from tqdm.auto import tqdm
 
-    from .tune import tune
+    from .training.tune import tune
 
     def say(line: str) -> None:  # above the progress bar, when there is one
         tqdm.write(line)
@@ -401,7 +321,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead
     if not a.verbose:  # the trials' per-epoch lines only with -v
-        logging.getLogger("mkmsr.train").setLevel(logging.WARNING)
+        logging.getLogger("mkmsr.training.train").setLevel(logging.WARNING)
     train_over = {k: v for k, v in (("epochs", a.epochs), ("patience", a.patience), ("threads", a.threads),
                                     ("max_len", a.max_len), ("batch_size", a.batch_size), ("device", a.device))
                   if v is not None}
@@ -429,7 +349,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: paper §4.1.4; see mkmsr.train.TrainConfig)")
+    g = p.add_argument_group("training (defaults: paper §4.1.4; see mkmsr.training.train.TrainConfig)")
     g.add_argument("--epochs", type=int, help="maximum epochs (default 30)")
     g.add_argument("--batch-size", dest="batch_size", type=int, help="samples per SR step (default 128)")
     g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -464,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", required=True,
                    help="jdata-demo | csv | parquet | recbole (atomic files DIR/NAME.inter + NAME.item: --source, "
                         "--dataset) | raw public datasets: jdata2018 (= jdata2019), jdata2017, kkbox, taobao "
-                        "(read from --source DIR in their published layout; see mkmsr.raw_formats)")
+                        "(read from --source DIR in their published layout; see mkmsr.data.raw_formats)")
     s.add_argument("--source", help="directory of a dataset in a fixed layout (jdata-demo, recbole, raw formats)")
     s.add_argument("--dataset", help="recbole: the dataset name NAME of DIR/NAME.inter and DIR/NAME.item")
     s.add_argument("--events", help="events file (csv/parquet): one micro-behaviour per row")
@@ -565,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--separator", default=",", help="CSV input: field separator (default ,)")
     s.set_defaults(func=cmd_recommend)
 
-    from .serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
+    from .serving.serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
     d = _SC()
     s = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)")
     s.add_argument("--model", required=True, help="checkpoint or run directory to serve")

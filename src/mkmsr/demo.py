@@ -13,11 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from .data.prepare import PrepareConfig, prepare
+from .data.sources import ColumnMap, read_generic
+from .data.synthetic import SyntheticConfig, write_synthetic
 from .fsutil import write_json
-from .prepare import PrepareConfig, prepare
-from .sources import ColumnMap, read_generic
-from .synthetic import SyntheticConfig, write_synthetic
-from .train import TrainConfig, train
+from .tables import format_table
+from .training.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def run_demo(out: str | Path | None = None, models: list[str] | None = None, epo
                      "hit@20": m["test"]["hit@20"], "mrr@20": m["test"]["mrr@20"], "ndcg@20": m["test"]["ndcg@20"],
                      "cold_hit@20": m["test"]["cold_hit@20"], "samples_per_s": m["train_samples_per_s"],
                      "seconds": round(time.perf_counter() - t, 1)})
-    from .cli import format_table
-
     print()
     print(format_table(rows, [("model", "model"), ("best_epoch", "epoch"), ("valid_mrr@20", "valid MRR@20"),
                               ("hit@20", "test Hit@20"), ("mrr@20", "test MRR@20"), ("ndcg@20", "NDCG@20"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..dataset import DatasetSpec
+from ..data.dataset import DatasetSpec
 from ..errors import ConfigError
 from .base import SessionModel
 from .core import CORE

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 
 

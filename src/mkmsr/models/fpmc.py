@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 from .layers import GGNN, full_softmax_ce, session_graph
 from .seqtools import at_last

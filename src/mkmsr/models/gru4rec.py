@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import OutputLayerModel
 from .fpmc import bpr_loss
 

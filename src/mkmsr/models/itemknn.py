@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .counting import CountModel
 
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batching import Batch
-from ..dataset import DatasetSpec
+from ..data.batching import Batch
+from ..data.dataset import DatasetSpec
 from .base import SessionModel
 from .layers import GGNN, SoftAttention, TransH, full_softmax_ce, session_graph, unique_rows
 

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batching import Batch
-from ..dataset import DatasetSpec
+from ..data.batching import Batch
+from ..data.dataset import DatasetSpec
 from .mkmsr import MKMSR, MKMSRConfig
 from .stan import STAN, STANConfig
 

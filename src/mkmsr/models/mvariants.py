@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 from .layers import GGNN, SoftAttention, session_graph
 from .mkmsr import MKMSR, MKMSRConfig

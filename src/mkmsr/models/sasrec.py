@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 from .layers import full_softmax_ce
 from .seqtools import at_last, causal_mask, latest

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..batching import Batch
+from ..data.batching import Batch
 
 
 def latest(batch: Batch, n: int | None) -> Batch:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..batching import Batch
+from ..data.batching import Batch
 from .base import SessionModel
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .fsutil import atomic_dir
+from ..fsutil import atomic_dir
 
 OPERATIONS = ("click", "cart", "order", "favorite")
 # Markov chain over operations (rows: current op, columns: next op)

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .serve_observe import note
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations, whose
@@ -419,7 +419,7 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None, access_lo
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    from . import __version__
+    from .. import __version__
     from .serve_observe import Observe, ServerMetrics
 
     if access_log not in (None, "json"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .batching import make_batch, batch_order
-from .dataset import PreparedData
+from ..data.batching import make_batch, batch_order
+from ..data.dataset import PreparedData
 from .metrics import KS, expected_metrics, metrics_from_ranks, rank_counts
-from .models.base import SessionModel
+from ..models.base import SessionModel
 
 #: sample subsets reported beside the whole split (metric-name prefixes)
 SUBSETS = ("cold_", "repeat_", "first_", "cold_first_")

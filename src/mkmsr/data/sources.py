@@ -29,7 +29,7 @@ from typing import Sequence
 
 import polars as pl
 
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 

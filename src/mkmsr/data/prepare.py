@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from . import __version__
-from .errors import ConfigError, DataError
-from .fsutil import atomic_dir, write_json
+from .. import __version__
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_dir, write_json
 from .sources import RawData
 
 log = logging.getLogger(__name__)

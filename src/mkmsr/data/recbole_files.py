@@ -51,8 +51,8 @@ import numpy as np
 import polars as pl
 
 from .dataset import PreparedData
-from .errors import ConfigError, DataError
-from .fsutil import atomic_dir, write_json
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_dir, write_json
 from .prepare import SPLITS
 from .sources import ColumnMap, RawData, read_events, read_table
 

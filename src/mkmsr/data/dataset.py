@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .errors import DataError
-from .fsutil import read_json
+from ..errors import DataError
+from ..fsutil import read_json
 from .prepare import FORMAT, FORMAT_VERSION, SPLITS
 
 log = logging.getLogger(__name__)

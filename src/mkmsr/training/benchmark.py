@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .dataset import PreparedData
-from .errors import ConfigError
+from ..data.dataset import PreparedData
+from ..errors import ConfigError
 from .evaluate import evaluate
-from .fsutil import atomic_write_text, read_json, write_json
-from .models import MODELS, build_model, make_config, model_names
+from ..fsutil import atomic_write_text, read_json, write_json
+from ..models import MODELS, build_model, make_config, model_names
 from .train import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -562,8 +562,8 @@ def embedding_map(out: str | Path, data_path: str | Path, model_run: str | Path,
     same-category share of each item's 10 nearest neighbours and the between/within-category
     distance ratio) and returns it.
     """
-    from .checkpoint import load_checkpoint
-    from .models.word2vec import train_skipgram
+    from ..checkpoint import load_checkpoint
+    from ..models.word2vec import train_skipgram
     from .train import KnowledgeSampler, adam
 
     out = Path(out)

@@ -39,9 +39,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from .batching import batch_from_sequences
-from .checkpoint import load_checkpoint, resolve_checkpoint
-from .errors import DataError
+from ..data.batching import batch_from_sequences
+from ..checkpoint import load_checkpoint, resolve_checkpoint
+from ..errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -38,12 +38,12 @@ from typing import Any, Callable, Iterator, Union
 import numpy as np
 import torch
 
-from .dataset import PreparedData
-from .errors import ConfigError
+from ..data.dataset import PreparedData
+from ..errors import ConfigError
 from .evaluate import evaluate
-from .fsutil import atomic_write_text, write_json
+from ..fsutil import atomic_write_text, write_json
 from .metrics import KS
-from .models import MODELS, build_model, make_config
+from ..models import MODELS, build_model, make_config
 from .train import TrainConfig, Trainer, resolve_device
 
 log = logging.getLogger(__name__)

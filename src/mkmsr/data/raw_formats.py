@@ -69,7 +69,7 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .sources import EVENT_COLUMNS, RawData
 
 log = logging.getLogger(__name__)

@@ -42,16 +42,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from . import __version__
-from .batching import Batch, batch_order, make_batch
-from .checkpoint import save_checkpoint
-from .dataset import PreparedData
-from .errors import ConfigError, TrainingDiverged
+from .. import __version__
+from ..data.batching import Batch, batch_order, make_batch
+from ..checkpoint import save_checkpoint
+from ..data.dataset import PreparedData
+from ..errors import ConfigError, TrainingDiverged
 from .evaluate import evaluate, metrics_from_counts, split_rank_counts
 from .metrics import NonFiniteScoreError
-from .fsutil import atomic_dir, atomic_write_text, read_json, write_json
-from .models import build_model, make_config
-from .models.base import SessionModel
+from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
+from ..models import build_model, make_config
+from ..models.base import SessionModel
 
 if TYPE_CHECKING:
     from .distributed import DistContext

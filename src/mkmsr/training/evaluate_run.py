@@ -1,0 +1,44 @@
+"""``mkmsr evaluate``: a checkpoint (or run directory) on a prepared dataset, full ranking, to JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..checkpoint import load_checkpoint
+from ..data.dataset import PreparedData
+from ..errors import DataError
+from ..fsutil import write_json
+from .evaluate import evaluate
+from .train import resolve_device
+
+
+def evaluate_checkpoint(run: str | Path, data: str | Path, splits: Sequence[str] = ("test",), batch_size: int = 512,
+                        device: str = "auto", threads: int = 0, out: str | Path | None = None) -> tuple[dict, Path]:
+    """Evaluate the checkpoint in ``run`` on each of ``splits`` of the prepared dataset ``data``.
+
+    The dataset must be the one the checkpoint was trained on, or one with the same id maps (a
+    :class:`DataError` otherwise). Writes ``{"checkpoint", "dataset", "results"}`` to ``out``
+    (default: ``evaluation.json`` beside the checkpoint directory) and returns it with its path;
+    ``results`` maps each split to its metrics (``cold_*``: the cold-target samples).
+    """
+    import torch
+
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(run, dev)
+    prepared = PreparedData(data)
+    if prepared.spec.to_dict() != meta["spec"] or meta["dataset"]["content_sha256"] != prepared.content_hash:
+        # a different artifact is fine only when its id maps match the checkpoint's
+        import polars as pl
+        ck_items = pl.read_parquet(Path(meta["path"]) / "items.parquet")
+        if prepared.spec.to_dict() != meta["spec"] or not prepared.items["item_id"].equals(ck_items["item_id"]):
+            raise DataError("this prepared dataset's id maps differ from the checkpoint's "
+                            f"(trained on {meta['dataset']['path']}); evaluate on the artifact it was trained on",
+                            file=str(data))
+    if threads:
+        torch.set_num_threads(threads)
+    max_len = (meta.get("train_config") or {}).get("max_len")
+    res = {s: evaluate(model, prepared, s, batch_size, max_len, dev) for s in splits}
+    path = Path(out) if out else Path(meta["path"]).parent / "evaluation.json"
+    report = {"checkpoint": meta["path"], "dataset": str(prepared.path), "results": res}
+    write_json(path, report)
+    return report, path
