@@ -27,12 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mkmsr import benchmark as bm  # noqa: E402
-from mkmsr.dataset import PreparedData  # noqa: E402
+from mkmsr.training import benchmark as bm  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.fsutil import atomic_write_text, read_json, write_json  # noqa: E402
-from mkmsr.prepare import PrepareConfig, prepare  # noqa: E402
-from mkmsr.raw_formats import read_taobao  # noqa: E402
-from mkmsr.sources import read_jdata_demo  # noqa: E402
+from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
+from mkmsr.data.raw_formats import read_taobao  # noqa: E402
+from mkmsr.data.sources import read_jdata_demo  # noqa: E402
 
 from table2 import seed_matrix  # noqa: E402
 

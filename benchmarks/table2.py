@@ -31,14 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mkmsr import benchmark as bm  # noqa: E402
+from mkmsr.training import benchmark as bm  # noqa: E402
 from mkmsr.checkpoint import load_checkpoint  # noqa: E402
-from mkmsr.dataset import PreparedData  # noqa: E402
-from mkmsr.evaluate import split_ranks  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
+from mkmsr.training.evaluate import split_ranks  # noqa: E402
 from mkmsr.fsutil import atomic_write_text, read_json, write_json  # noqa: E402
 from mkmsr.models import MODELS  # noqa: E402
-from mkmsr.prepare import PrepareConfig, prepare  # noqa: E402
-from mkmsr.sources import read_jdata_demo  # noqa: E402
+from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
+from mkmsr.data.sources import read_jdata_demo  # noqa: E402
 
 PAPER = {  # Table 2 of the paper, percent (Hit@20, MRR@20)
     "Demo": {"fpmc": (3.787, 1.808), "gru4rec-bpr": (12.189, 5.124), "gru4rec-ce": (12.965, 4.992),

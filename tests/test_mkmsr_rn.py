@@ -5,11 +5,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mkmsr.batching import batch_from_sequences, make_batch
-from mkmsr.dataset import PreparedData
+from mkmsr.data.batching import batch_from_sequences, make_batch
+from mkmsr.data.dataset import PreparedData
 from mkmsr.models import build_model
 from mkmsr.models.stan import STAN, STANConfig
-from mkmsr.train import TrainConfig, Trainer
+from mkmsr.training.train import TrainConfig, Trainer
 
 
 def fitted(data_path, **overrides):
