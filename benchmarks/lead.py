@@ -32,6 +32,7 @@ from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.fsutil import atomic_write_text, read_json, write_json  # noqa: E402
 from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
 from mkmsr.data.raw_formats import read_taobao  # noqa: E402
+from mkmsr.data.read import default_min_item_count  # noqa: E402
 from mkmsr.data.sources import read_jdata_demo  # noqa: E402
 
 from table2 import seed_matrix  # noqa: E402
@@ -59,7 +60,9 @@ def prepared(work: Path, shared: Path) -> dict[str, Path]:
             out[label] = d
     d = work / "prepared-taobao"
     if tb.exists() and not (d / "manifest.json").exists():
-        prepare(read_taobao(tb, drop_truncated_last_row=True), d, PrepareConfig(cold_start="drop"), overwrite=True)
+        # as `mkmsr prepare --format taobao --drop-truncated-last-row` does (its item filter included)
+        prepare(read_taobao(tb, drop_truncated_last_row=True), d,
+                PrepareConfig(cold_start="drop", min_item_count=default_min_item_count("taobao")), overwrite=True)
     if (d / "manifest.json").exists():
         out["Taobao"] = d
     return out

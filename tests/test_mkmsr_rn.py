@@ -38,10 +38,12 @@ def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
     cold = torch.from_numpy(data.item_train_count[1:] == 0)
     # the explore component ranges over the warm items, the cold one over the cold items
     assert torch.isinf(P["explore"][:, cold]).all() and torch.isfinite(P["explore"][:, ~cold]).all()
-    assert torch.isinf(P["cold"][:, ~cold]).all() and torch.isfinite(P["cold"][:, cold]).all()
+    assert torch.equal(P["cold_idx"], torch.nonzero(cold, as_tuple=True)[0])
+    assert torch.isfinite(P["cold"]).all()
     sm = lambda x: torch.softmax(x, dim=1)
+    p_cold = torch.zeros(len(b), cold.numel()).index_copy(1, P["cold_idx"], sm(P["cold"]))
     # p(i) = pi_e softmax(e)(i) + pi_r p_rep(i) + pi_c softmax(c)(i), a distribution over the catalogue
-    want = pi[:, :1] * sm(P["explore"]) + pi[:, 1:2] * P["p_rep"][:, 1:] + pi[:, 2:] * sm(P["cold"])
+    want = pi[:, :1] * sm(P["explore"]) + pi[:, 1:2] * P["p_rep"][:, 1:] + pi[:, 2:] * p_cold
     assert torch.allclose(lp.exp(), want, atol=1e-6)
     assert torch.allclose(lp.exp().sum(1), torch.ones(len(b)), atol=1e-5)
     # the repeat distribution lives on the session's own items and sums to one

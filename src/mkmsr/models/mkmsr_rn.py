@@ -190,9 +190,9 @@ class MKMSRRN(MKMSR):
     # ---- session side ------------------------------------------------------------------------
     def _parts(self, batch: Batch, V: torch.Tensor, own_excluded: bool) -> dict:
         """The mixture's pieces: ``log_pi`` (B, C) log gate per component (``self.components``),
-        ``explore`` (B, n) logits over the warm items (-inf on cold ones), ``cold`` (B, n) logits
-        over the cold items (-inf elsewhere) when that component exists, ``p_rep`` (B, n + 1) the
-        repeat distribution when that one exists."""
+        ``explore`` (B, n) logits over the warm items (-inf on cold ones), ``cold`` (B, n_cold)
+        logits over the cold items, columns ``cold_idx`` (n_cold,) of the catalogue (0-based), when
+        that component exists, ``p_rep`` (B, n + 1) the repeat distribution when that one exists."""
         M = self.micro_behaviours(batch, V)
         B, L = batch.items.shape
         ar = torch.arange(B, device=M.device)
@@ -210,13 +210,18 @@ class MKMSRRN(MKMSR):
                 top = nb.amax(dim=1, keepdim=True)
                 nb = torch.where(top > 0, nb / top.clamp(min=1e-30), nb)
             w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
-            e = (e + w[0] * nb + w[1] * (torch.log1p(nb / 0.01) / math.log1p(100.0))
-                 + w[2] * (nb > 0).to(e.dtype))
+            # every feature is 0 where n = 0: compute them on the (few) nonzero entries only
+            r, c = torch.nonzero(nb, as_tuple=True)
+            v = nb[r, c]
+            f = w[0] * v + w[1] * (torch.log1p(v / 0.01) / math.log1p(100.0)) + w[2]
+            e = e.index_put((r, c), f, accumulate=True)
         out: dict = {}
         if "cold" in self.components:
             cold = self._cold()
             out["explore"] = e.masked_fill(cold[None, :], float("-inf"))
-            out["cold"] = neural.masked_fill(~cold[None, :], float("-inf"))
+            idx = torch.nonzero(cold, as_tuple=True)[0]                         # (n_cold,) columns
+            out["cold_idx"] = idx
+            out["cold"] = neural[:, idx]                                        # (B, n_cold)
         else:
             out["explore"] = e
         if self.config.repeat:
@@ -258,8 +263,9 @@ class MKMSRRN(MKMSR):
         idx = {c: i for i, c in enumerate(self.components)}
         log_pi = P["log_pi"]
         lp = self._log_softmax(P["explore"]) + log_pi[:, idx["explore"], None]
-        if "cold" in P:
-            lp = torch.logaddexp(lp, self._log_softmax(P["cold"]) + log_pi[:, idx["cold"], None])
+        if "cold" in P and P["cold_idx"].numel():
+            # the explore component is -inf on the cold columns: they hold the cold term alone
+            lp = lp.index_copy(1, P["cold_idx"], self._log_softmax(P["cold"]) + log_pi[:, idx["cold"], None])
         if "p_rep" not in P:
             return lp
         # the repeat term touches only the session's own items: mix there, in (B, n + 1) space
@@ -286,6 +292,17 @@ class MKMSRRN(MKMSR):
             if c == "repeat":
                 pr = P["p_rep"].gather(1, t[:, None]).squeeze(1)
                 lpc = torch.where(pr > 0, torch.log(pr.clamp(min=1e-30)), torch.full_like(pr, float("-inf")))
+            elif c == "cold":
+                ci = P["cold_idx"]
+                if not ci.numel():
+                    lpc = torch.full_like(t, float("-inf"), dtype=P["log_pi"].dtype)
+                else:
+                    pos = torch.full((self.spec.n_items,), -1, dtype=torch.long, device=t.device)
+                    pos[ci] = torch.arange(ci.numel(), device=t.device)
+                    j = pos[t - 1]
+                    x = P["cold"]
+                    xt = x.gather(1, j.clamp(min=0)[:, None]).squeeze(1)
+                    lpc = torch.where(j >= 0, xt - torch.logsumexp(x, dim=1), torch.full_like(xt, float("-inf")))
             else:
                 x = P[c]
                 lse = torch.logsumexp(x, dim=1)
