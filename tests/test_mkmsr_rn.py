@@ -27,7 +27,7 @@ def some_batch(data, n=6):
 
 
 def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
-    m, data = fitted(synthetic_data)
+    m, data = fitted(synthetic_data, cold_items="component", id_dropout=0.1)
     assert m.components == ["explore", "repeat", "cold"]
     b = some_batch(data)
     with torch.no_grad():
@@ -54,7 +54,8 @@ def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
 
 
 def test_loss_equals_the_nll_of_the_scores(synthetic_data):
-    for over in ({}, {"repeat": False}, {"cold_items": "id", "id_dropout": 0.0}, {"neighbours": False}):
+    for over in ({}, {"cold_items": "component", "id_dropout": 0.1}, {"repeat": False}, {"cold_items": "id"},
+                 {"neighbours": False}, {"cold_items": "component", "repeat": False}):
         m, data = fitted(synthetic_data, **over)
         b = some_batch(data, 12)
         with torch.no_grad():
@@ -64,7 +65,7 @@ def test_loss_equals_the_nll_of_the_scores(synthetic_data):
 
 
 def test_a_training_step_is_finite_and_dropped_ids_are_that_steps_cold_items(synthetic_data):
-    m, data = fitted(synthetic_data, id_dropout=0.5)
+    m, data = fitted(synthetic_data, cold_items="component", id_dropout=0.5)
     m.train()
     arr = data.split("train")
     sess, prefix = arr.samples()
@@ -115,7 +116,7 @@ def test_training_prefixes_do_not_find_their_own_session_in_the_neighbourhood(sy
 
 
 def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):
-    m, data = fitted(synthetic_data)
+    m, data = fitted(synthetic_data, id_dropout=0.1)
     cold = np.flatnonzero(data.item_train_count == 0)
     cold = cold[cold > 0]
     assert cold.size, "the synthetic data should have items that never occur in train"
@@ -135,7 +136,8 @@ def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):
 
 def test_training_calibrates_the_mixture_on_validation(synthetic_data, tmp_path):
     data = PreparedData(synthetic_data)
-    tr = Trainer(data, "mkmsr-rn", {"dim": 16}, TrainConfig(epochs=1, seed=0), tmp_path / "run")
+    tr = Trainer(data, "mkmsr-rn", {"dim": 16, "cold_items": "component"}, TrainConfig(epochs=1, seed=0),
+                 tmp_path / "run")
     m = tr.fit()
     tuned = m["tuned_on_validation"]
     assert tuned["nb_multiplier"] in (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
