@@ -115,6 +115,41 @@ def test_training_prefixes_do_not_find_their_own_session_in_the_neighbourhood(sy
     assert not torch.allclose(e_ex, e_in)
 
 
+def test_cached_neighbourhoods_equal_the_live_ones(synthetic_data):
+    """The neighbours found once in fit_statistics (per split; train prefixes without their own
+    session) give the same scores and loss as computing them in the step; rows cut by max_len and
+    batches from elsewhere (serving) are computed live."""
+    m, data = fitted(synthetic_data)
+    live, _ = fitted(synthetic_data, nb_cache=False)
+    live.load_state_dict(m.state_dict())
+    assert set(m._nb_cache) == {(data.split(s).origin, s == "train") for s in ("train", "valid", "test")}
+    assert not live._nb_cache
+    for split in ("train", "valid", "test"):
+        arr = data.split(split)
+        sess, prefix = arr.samples()
+        idx = np.random.default_rng(0).permutation(sess.size)[:37]
+        b = make_batch(arr, sess[idx], prefix[idx])
+        assert torch.equal(b.sample_idx, torch.from_numpy(idx))
+        if split == "train":
+            b.train_sessions = torch.from_numpy(sess[idx].astype(np.int64))
+            assert m._cached_neighbours(b, True) is not None
+            with torch.no_grad():
+                assert torch.allclose(m.sr_loss(b), live.sr_loss(b), atol=1e-6)
+        else:
+            assert m._cached_neighbours(b, False) is not None
+            with torch.no_grad():
+                assert torch.allclose(m.score(b), live.score(b), atol=1e-5)
+    # a prefix cut by max_len is not its sample: no cache row may stand in for it
+    arr = data.split("valid")
+    sess, prefix = arr.samples()
+    long = np.nonzero(prefix > 2)[0][:5]
+    b = make_batch(arr, sess[long], prefix[long], max_len=2)
+    assert (b.sample_idx == -1).all() and m._cached_neighbours(b, False) is None
+    # sessions built for serving carry no origin
+    s = batch_from_sequences([[1, 2, 3]], [[0, 0, 0]])
+    assert s.origin == "" and m._cached_neighbours(s, False) is None
+
+
 def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):
     m, data = fitted(synthetic_data, id_dropout=0.1)
     cold = np.flatnonzero(data.item_train_count == 0)

@@ -26,6 +26,12 @@ class Batch:
     train_sessions (B,) int64 index of the train-split session each prefix is cut from, set by
             the training loop only (models that look up train sessions, e.g. a neighbourhood,
             must not find the sample's own session there); None otherwise
+    origin  the split the prefixes come from (``SplitArrays.origin``: content hash / split name),
+            "" for sessions built otherwise (serving)
+    sample_idx (B,) int64 index of each row in its split's ``samples()`` order, -1 where the
+            prefix was cut by ``max_len`` (the row is then not that sample); None when
+            ``origin`` is "". Lets a model reuse per-sample values that do not depend on its
+            parameters (e.g. MKM-SR-RN's neighbourhoods) instead of recomputing them each epoch.
     """
 
     items: torch.Tensor
@@ -33,6 +39,8 @@ class Batch:
     lengths: torch.Tensor
     targets: torch.Tensor | None = None
     train_sessions: torch.Tensor | None = None
+    origin: str = ""
+    sample_idx: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -46,8 +54,9 @@ class Batch:
     def to(self, device: torch.device | str) -> "Batch":
         t = self.targets.to(device, non_blocking=True) if self.targets is not None else None
         ts = self.train_sessions.to(device, non_blocking=True) if self.train_sessions is not None else None
+        si = self.sample_idx.to(device, non_blocking=True) if self.sample_idx is not None else None
         return Batch(self.items.to(device, non_blocking=True), self.ops.to(device, non_blocking=True),
-                     self.lengths.to(device, non_blocking=True), t, ts)
+                     self.lengths.to(device, non_blocking=True), t, ts, self.origin, si)
 
 
 def make_batch(split: SplitArrays, session_idx: np.ndarray, prefix_len: np.ndarray,
@@ -66,8 +75,12 @@ def make_batch(split: SplitArrays, session_idx: np.ndarray, prefix_len: np.ndarr
     items = np.where(mask, split.items[pos], 0)
     ops = np.where(mask, split.ops[pos], 0)
     targets = torch.from_numpy(split.items[start + prefix_len].astype(np.int64)) if with_targets else None
+    sample_idx = None
+    if split.origin:
+        sample_idx = torch.from_numpy(np.where(eff == prefix_len, split.sample_start[session_idx] + prefix_len - 1, -1)
+                                      .astype(np.int64))
     return Batch(torch.from_numpy(items.astype(np.int64)), torch.from_numpy(ops.astype(np.int64)),
-                 torch.from_numpy(eff.astype(np.int64)), targets)
+                 torch.from_numpy(eff.astype(np.int64)), targets, origin=split.origin, sample_idx=sample_idx)
 
 
 def batch_from_sequences(items: Sequence[Sequence[int]], ops: Sequence[Sequence[int]],

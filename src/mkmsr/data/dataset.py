@@ -39,6 +39,7 @@ class SplitArrays:
     items: np.ndarray    # (n_events,) int32 item_idx
     ops: np.ndarray      # (n_events,) int32 op_idx
     offsets: np.ndarray  # (n_sessions + 1,) int64
+    origin: str = ""     # "<content hash>/<split name>" when read from a PreparedData, else ""
 
     @property
     def n_sessions(self) -> int:
@@ -47,6 +48,12 @@ class SplitArrays:
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    @cached_property
+    def sample_start(self) -> np.ndarray:
+        """(n_sessions,) int64: index (in :meth:`samples` order) of each session's first sample."""
+        per = np.maximum(self.lengths - 1, 0)
+        return np.cumsum(per) - per
 
     def samples(self) -> tuple[np.ndarray, np.ndarray]:
         """All prefix -> next-item samples (SR-GNN convention: n events give n-1 samples).
@@ -97,7 +104,8 @@ class PreparedData:
             raise KeyError(f"unknown split {name!r}; valid: {SPLITS}")
         if name not in self._splits:
             self._splits[name] = SplitArrays(np.asarray(self._npy(f"{name}.items")), np.asarray(self._npy(f"{name}.ops")),
-                                             np.asarray(self._npy(f"{name}.offsets")))
+                                             np.asarray(self._npy(f"{name}.offsets")),
+                                             origin=f"{self.content_hash}/{name}")
         return self._splits[name]
 
     @cached_property

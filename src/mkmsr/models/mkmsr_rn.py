@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batching import Batch
+from ..data.batching import Batch, make_batch
 from ..data.dataset import DatasetSpec
 from .mkmsr import MKMSR, MKMSRConfig
 from .stan import STAN, STANConfig
@@ -78,6 +78,8 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_lambda_snh: float = 5.0
     nb_lambda_inh: float = 2.05
     nb_init: tuple = (48.0, 48.0, 4.0)  # initial weights of the neighbourhood features (learned)
+    nb_cache: bool = True          # find the neighbours of every train / valid / test prefix once, in
+                                   # fit_statistics, instead of at every epoch (same values; serving computes live)
     # inference-time calibration, chosen on validation after training (``calibration_grid``)
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights
     gate_shift: float = 0.0        # + the gate logit of the repeat component
@@ -129,6 +131,9 @@ class MKMSRRN(MKMSR):
         # items seen in the train split (filled by fit_statistics; all warm until then)
         self.register_buffer("warm", torch.ones(spec.n_items + 1))
         self._keep: torch.Tensor | None = None   # the id mask of the current training step
+        #: (split origin, own session excluded) -> (n_samples, k) neighbours and similarities of
+        #: every prefix of that split (filled by fit_statistics when nb_cache; not saved)
+        self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def calibration_grid(self) -> dict[str, tuple]:
         """The inference-time options the trainer picks on validation after training (see the
@@ -149,9 +154,39 @@ class MKMSRRN(MKMSR):
         super().fit_statistics(data)
         if self.config.neighbours:
             self.stan.fit_statistics(data)
+            self._nb_cache = {}
+            if self.config.nb_cache:
+                for split in ("train", "valid", "test"):
+                    self._fill_nb_cache(data.split(split), exclude_own=split == "train")
         counts = torch.from_numpy(data.item_train_count).to(self.warm.device)
         self.warm = (counts > 0).to(self.warm.dtype)
         self.warm[0] = 1.0
+
+    @torch.no_grad()
+    def _fill_nb_cache(self, split, exclude_own: bool, batch_size: int = 512) -> None:
+        """The neighbours of every prefix of ``split`` (for the train split: each without its own
+        session, as training prefixes see them), in the split's sample order."""
+        sess, prefix = split.samples()
+        if not sess.size or not split.origin:
+            return
+        nbs, ws = [], []
+        dev = self.warm.device
+        for lo in range(0, sess.size, batch_size):
+            b = make_batch(split, sess[lo:lo + batch_size], prefix[lo:lo + batch_size], with_targets=False).to(dev)
+            if exclude_own:
+                b.train_sessions = torch.from_numpy(sess[lo:lo + batch_size]).to(dev)
+            nb, w = self.stan.batch_neighbours(b, exclude_own=exclude_own)
+            nbs.append(nb.cpu())
+            ws.append(w.cpu())
+        self._nb_cache[(split.origin, exclude_own)] = (torch.cat(nbs), torch.cat(ws))
+
+    def _cached_neighbours(self, batch: Batch, own_excluded: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's (nb, w) from the cache when every row is a cached sample, else None."""
+        tab = self._nb_cache.get((batch.origin, own_excluded)) if batch.sample_idx is not None else None
+        if tab is None or not bool((batch.sample_idx >= 0).all()):
+            return None
+        si = batch.sample_idx.cpu()
+        return tab[0][si].to(batch.items.device), tab[1][si].to(batch.items.device)
 
     # ---- item side ---------------------------------------------------------------------------
     def _id_keep(self) -> torch.Tensor:
@@ -211,7 +246,8 @@ class MKMSRRN(MKMSR):
         e = neural
         if self.config.neighbours:
             with torch.no_grad():
-                nb = self.stan.logits(batch, exclude_own=own_excluded)
+                nb = self.stan.logits(batch, exclude_own=own_excluded,
+                                      neighbours=self._cached_neighbours(batch, own_excluded))
                 top = nb.amax(dim=1, keepdim=True)
                 nb = torch.where(top > 0, nb / top.clamp(min=1e-30), nb)
             w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
