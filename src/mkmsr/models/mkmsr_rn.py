@@ -47,7 +47,7 @@ stacking; the test split is never looked at).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +78,8 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_lambda_snh: float = 5.0
     nb_lambda_inh: float = 2.05
     nb_init: tuple = (48.0, 48.0, 4.0)  # initial weights of the neighbourhood features (learned)
-    nb_cache: bool = True          # find the neighbours of every train / valid / test prefix once, in
+    nb_cache: bool = field(default=True, metadata={"execution_only": True})
+                                   # find the neighbours of every train / valid / test prefix once, in
                                    # fit_statistics, instead of at every epoch (same values; serving computes live)
     # inference-time calibration, chosen on validation after training (``calibration_grid``)
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights

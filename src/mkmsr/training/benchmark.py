@@ -128,9 +128,15 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
         return False
     saved = read_json(cfg_path)
     # compare as JSON reads them back (tuples become lists)
-    want_model = json.loads(json.dumps(dataclasses.asdict(make_config(spec.model, spec.model_overrides))))
+    cfg = make_config(spec.model, spec.model_overrides)
+    want_model = json.loads(json.dumps(dataclasses.asdict(cfg)))
     want_train = json.loads(json.dumps(dataclasses.asdict(spec.train_config())))
-    return (saved.get("model") == spec.model and saved.get("model_config") == want_model
+    # options that change how, not what, a model computes (field metadata execution_only) may
+    # differ from the saved run's, or be missing there (added after it ran)
+    how = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("execution_only")}
+    saved_model = {k: v for k, v in (saved.get("model_config") or {}).items() if k not in how}
+    want_model = {k: v for k, v in want_model.items() if k not in how}
+    return (saved.get("model") == spec.model and saved_model == want_model
             and saved.get("train_config") == want_train and saved.get("dataset_sha256") == data.content_hash)
 
 
