@@ -278,8 +278,12 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     say = (lambda msg: print(msg, flush=True)) if not a.no_progress else None
     out = Path(a.out)
     if models:
+        optuna = {"trials": a.tune_trials, "minutes": a.tune_minutes} if a.tune_trials else None
+        if a.tune_minutes is not None and not a.tune_trials:
+            raise ConfigError("--tune-minutes needs --tune-trials (the same Optuna budget for every model)")
         res = run_benchmark(out, datasets, models, a.seeds, train_over, tune=not a.no_tune, lock=a.lock,
-                            progress=a.progress, on_progress=say, tensorboard_dir=_tensorboard_dir(a))
+                            progress=a.progress, on_progress=say, tensorboard_dir=_tensorboard_dir(a),
+                            optuna=optuna)
         print((out / "results.md").read_text())
         if not res["datasets"]:
             return 1
@@ -547,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch CPU threads per run")
     s.add_argument("--no-tune", action="store_true", help="count-based models keep their defaults "
                    "(default: a small grid chosen on validation MRR@20)")
+    s.add_argument("--tune-trials", type=int, metavar="N", help="search every model, neural and count-based, "
+                   "with `mkmsr tune` (Optuna, validation only) for N trials each, then train the seeds with the "
+                   "best configuration (the 'tune' extra; default: count-based grids, neural models at their "
+                   "papers' settings)")
+    s.add_argument("--tune-minutes", type=float, metavar="M", help="and at most M minutes of search per model")
     s.add_argument("--strategies", help="e.g. alternate,joint,pretrain: Fig. 3 learning curves")
     s.add_argument("--strategy-model", default="km-sr")
     s.add_argument("--lambdas", help="e.g. 1e-5,1e-4,1e-3,1e-2,1e-1: Fig. 5 lambda_1 sweep")

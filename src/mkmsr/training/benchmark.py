@@ -226,6 +226,41 @@ def tune_on_validation(out: Path, label: str, data: PreparedData, model: str, gr
     return cur
 
 
+def tune_with_optuna(out: Path, label: str, data: PreparedData, model: str, budget: dict,
+                     train_overrides: dict | None = None, model_overrides: dict | None = None,
+                     lock: str | Path | None = None, on_progress: Callable[[str], None] | None = None) -> dict:
+    """The same search budget for every model: ``mkmsr tune`` (:func:`mkmsr.tune.tune`: TPE,
+    median pruning on validation, the model's default as trial 0) with ``budget`` =
+    ``{"trials": N, "minutes": M}`` (M None = no clock), on validation only.
+
+    The study lives in ``OUT/optuna/<label>/<model>/`` and resumes when interrupted; once a
+    search has finished (trials reached, space exhausted or minutes spent) its outcome is
+    recorded in ``budget.json`` there and reused, so rerunning the benchmark never spends more
+    than the budget. Returns ``{"model": options, "train": options}`` of the best trial (the
+    ``model_overrides`` included; the model's defaults when no trial completed).
+    """
+    from .tune import tune as optuna_tune
+
+    folder = out / "optuna" / label / model
+    want = {"trials": int(budget["trials"]), "minutes": budget.get("minutes"),
+            "model_overrides": json.loads(json.dumps(model_overrides or {})), "dataset_sha256": data.content_hash,
+            "train_overrides": {k: v for k, v in (train_overrides or {}).items() if k not in ("threads", "device")}}
+    record = folder / "budget.json"
+    if record.exists():
+        saved = read_json(record)
+        if saved.get("budget") == want:
+            return saved["best"]
+    with cpu_lock(lock):
+        summary = optuna_tune(data, model, folder, trials=want["trials"], minutes=want["minutes"], seed=0,
+                              train_overrides=train_overrides, model_overrides=model_overrides,
+                              on_progress=on_progress)
+    b = summary["best"]
+    best = {"model": {**(model_overrides or {}), **(b["model_options"] if b else {})},
+            "train": dict(b["train_options"]) if b else {}}
+    write_json(record, {"budget": want, "best": best, "summary": summary})
+    return best
+
+
 # ---------------------------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------------------------
@@ -241,11 +276,16 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
                   seeds: int = 5, train_overrides: dict | None = None, tune: bool = True,
                   lock: str | Path | None = None, progress: bool = False,
                   on_progress: Callable[[str], None] | None = None,
-                  tensorboard_dir: str | Path | None = None) -> dict:
+                  tensorboard_dir: str | Path | None = None, optuna: dict | None = None) -> dict:
     """Run ``models`` x ``datasets`` x ``seeds`` and write ``results.json`` / ``results.md``.
 
     ``datasets``: label -> prepared dataset directory. Count-based models (``trainable=False``)
     are deterministic: they run once (seed 0), after tuning on validation when ``tune``.
+    Tuning: by default the count-based models' validation grids (``TUNING_GRIDS``, coordinate
+    ascent) and the neural models at their papers' settings; with ``optuna`` =
+    ``{"trials": N, "minutes": M}`` every model, neural and count-based, is searched by
+    :func:`tune_with_optuna` with that same budget (a model with a STAN inside takes STAN's
+    searched options as its ``nb_*`` ones and searches its own on top).
     Returns the results dict (also in ``OUT/results.json``). ``tensorboard_dir``: each run
     trained now writes its per-epoch scalars to ``<dir>/<dataset>/<model>/seed<N>``.
     """
@@ -265,8 +305,18 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
             plan += [(label, model, s) for s in range(seeds if trainable else 1)]
     t0 = time.perf_counter()
     tuned: dict[tuple[str, str], dict] = {}
+    tuned_train: dict[tuple[str, str], dict] = {}
     for i, (label, model, seed) in enumerate(plan, 1):
         data = loaded[label]
+        if (label, model) not in tuned and optuna and tune:
+            fixed = {}
+            if model in NEIGHBOURHOOD_OF:
+                nb = tune_with_optuna(out, label, data, NEIGHBOURHOOD_OF[model], optuna, train_overrides, lock=lock,
+                                      on_progress=say)
+                fixed = {f"nb_{k}": v for k, v in nb["model"].items()}
+            best = tune_with_optuna(out, label, data, TUNE_AS.get(model, model), optuna, train_overrides, fixed,
+                                    lock=lock, on_progress=say)
+            tuned[(label, model)], tuned_train[(label, model)] = best["model"], best["train"]
         if (label, model) not in tuned:
             base = TUNE_AS.get(model, model)
             grid = TUNING_GRIDS.get(base) if tune else None
@@ -275,14 +325,19 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
                 nb = NEIGHBOURHOOD_OF[model]
                 best = tune_on_validation(out, label, data, nb, TUNING_GRIDS[nb], lock=lock)
                 tuned[(label, model)] = {**tuned[(label, model)], **{f"nb_{k}": v for k, v in best.items()}}
-        spec = RunSpec(label, data.path, model, seed, tuned[(label, model)], dict(train_overrides or {}))
+        spec = RunSpec(label, data.path, model, seed, tuned[(label, model)],
+                       {**(train_overrides or {}), **tuned_train.get((label, model), {})})
         t = time.perf_counter()
         m, fresh = run_one(out, spec, data, lock, progress, tensorboard_dir=tensorboard_dir)
         say(f"[{i}/{len(plan)}] {label} {model} seed {seed}: "
             f"{'trained in %.0fs' % (time.perf_counter() - t) if fresh else 'done before'}; "
             f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f} "
             f"(epoch {m['best_epoch']}); elapsed {(time.perf_counter() - t0) / 60:.1f} min")
-    results = collect_results(out, datasets, models, seeds, train_overrides, tuned)
+    results = collect_results(out, datasets, models, seeds, train_overrides,
+                              {k: {**v, **{f"train.{a}": b for a, b in tuned_train.get(k, {}).items()}}
+                               for k, v in tuned.items()})
+    if optuna and tune:
+        results["tuning"] = {"search": "optuna (mkmsr tune: TPE, median pruning)", **optuna}
     write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", results_markdown(results))
     return results

@@ -291,7 +291,7 @@ def _split_params(params: dict) -> tuple[dict, dict]:
 def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trials: int = 20,
          minutes: float | None = None, seed: int = 0, train_overrides: dict | None = None,
          space: SearchSpace | None = None, metric: str = "mrr@20", progress: bool = False,
-         on_progress: Callable[[str], None] | None = None) -> dict:
+         on_progress: Callable[[str], None] | None = None, model_overrides: dict | None = None) -> dict:
     """Search ``model``'s hyper-parameters on ``data``'s validation split; write ``out_dir``.
 
     ``trials``: finished (complete + pruned) trials the study should hold, earlier invocations
@@ -301,6 +301,8 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
     space (default :func:`search_space`). ``metric``: the validation metric maximised and used
     to select epochs (``hit|mrr|ndcg@k``). ``on_progress``: receives one line per finished
     trial (default: the module logger). ``progress``: a progress bar over the trial budget.
+    ``model_overrides``: model options fixed for every trial (e.g. the neighbourhood options
+    MKM-SR-RN takes from a tuned STAN); written to ``best_config.toml`` with the searched ones.
 
     Returns a summary: ``best`` (trial number, value, model / train options) or None,
     counts of complete / pruned / failed trials, why it stopped (``trials``, ``minutes`` or
@@ -326,6 +328,11 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
     clash = sorted(set(fixed) & set(space.train))
     if clash:
         raise ConfigError(f"training option {clash[0]!r} is both fixed and searched; drop one")
+    fixed_model = dict(model_overrides or {})
+    make_config(model, fixed_model)  # unknown options: a clear ConfigError
+    clash = sorted(set(fixed_model) & set(space.model))
+    if clash:
+        raise ConfigError(f"model option {clash[0]!r} is both fixed and searched; drop one")
     TrainConfig(**{**fixed, "seed": seed, "select_metric": metric}).validate()
     if not isinstance(data, PreparedData):
         data = PreparedData(data)
@@ -336,6 +343,7 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
     study_name = f"{model}@{data.content_hash[:16]}"
     settings = _jsonable({"model": model, "dataset_sha256": data.content_hash, "metric": metric, "seed": seed,
                           "train_overrides": {k: v for k, v in fixed.items() if k not in MACHINE_OPTIONS},
+                          **({"model_overrides": fixed_model} if fixed_model else {}),
                           "space": space.to_dict()})
     t_start = time.perf_counter()
 
@@ -359,7 +367,7 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
             raise ConfigError(f"{out}: the study there was run with other settings ({', '.join(diff)}: "
                               f"{saved.get(diff[0])!r} then, {settings[diff[0]]!r} now); use another output folder")
         if saved is None:
-            _enqueue_defaults(study, model, space, fixed)
+            _enqueue_defaults(study, model, space, fixed, fixed_model)
         # trials left RUNNING by a process that died (we hold the lock: nobody else is running one)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study.tell(t.number, state=TrialState.FAIL)
@@ -368,7 +376,7 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
         # invocation's random start-up points
         n0 = len(study.get_trials(deepcopy=False))
         study.sampler = optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, n0]).generate_state(1)[0]))
-        _write_outputs(out, study, model, data, metric, fixed, seed)
+        _write_outputs(out, study, model, data, metric, fixed, seed, fixed_model)
 
         from tqdm.auto import tqdm
 
@@ -395,10 +403,11 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                 try:
                     model_opts, train_opts = space.sample(trial)
                     if trainable:
-                        value = _neural_trial(trial, data, model, model_opts, train_opts, fixed, seed, metric,
-                                              deadline, bar)
+                        value = _neural_trial(trial, data, model, {**fixed_model, **model_opts}, train_opts, fixed,
+                                              seed, metric, deadline, bar)
                     else:
-                        value = _count_trial(trial, all_trials, data, model, model_opts, fixed, metric)
+                        value = _count_trial(trial, all_trials, data, model, {**fixed_model, **model_opts}, fixed,
+                                             metric)
                 except optuna.TrialPruned:
                     frozen = study.tell(trial, state=TrialState.PRUNED)
                 except _OutOfTime:
@@ -412,7 +421,7 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                 else:
                     frozen = study.tell(trial, value)  # NaN: Optuna records the trial as failed
                 trial_seconds = time.perf_counter() - t0
-                _write_outputs(out, study, model, data, metric, fixed, seed)
+                _write_outputs(out, study, model, data, metric, fixed, seed, fixed_model)
                 best = _best(study.get_trials(deepcopy=False))
                 say(_trial_line(frozen, metric, trial_seconds, best))
                 if frozen.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -421,7 +430,7 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
                     break
         finally:
             bar.close()
-            _write_outputs(out, study, model, data, metric, fixed, seed)
+            _write_outputs(out, study, model, data, metric, fixed, seed, fixed_model)
 
     all_trials = study.get_trials(deepcopy=False)
     best = _best(all_trials)
@@ -436,10 +445,10 @@ def tune(data: PreparedData | str | Path, model: str, out_dir: str | Path, trial
     return summary
 
 
-def _enqueue_defaults(study, model: str, space: SearchSpace, fixed: dict) -> None:
+def _enqueue_defaults(study, model: str, space: SearchSpace, fixed: dict, fixed_model: dict | None = None) -> None:
     """Trial 0 of a new study: the model's defaults (each that lies in the space; the others
     are sampled), so the search starts from the configuration it is meant to improve on."""
-    model_cfg, train_cfg = make_config(model), TrainConfig(**fixed)
+    model_cfg, train_cfg = make_config(model, fixed_model), TrainConfig(**fixed)
     point = {f"model.{k}": getattr(model_cfg, k) for k, d in space.model.items() if d.contains(getattr(model_cfg, k))}
     point.update({f"train.{k}": getattr(train_cfg, k) for k, d in space.train.items()
                   if d.contains(getattr(train_cfg, k))})
@@ -551,7 +560,8 @@ def _train_table(fixed: dict, train_opts: dict, seed: int, metric: str) -> dict:
     return {**table, **train_opts, "seed": seed, "select_metric": metric}
 
 
-def _write_outputs(out: Path, study, model: str, data: PreparedData, metric: str, fixed: dict, seed: int) -> None:
+def _write_outputs(out: Path, study, model: str, data: PreparedData, metric: str, fixed: dict, seed: int,
+                   fixed_model: dict | None = None) -> None:
     """trials.json always; best_config.toml once a trial has completed (both atomically)."""
     trials = study.get_trials(deepcopy=False)
     best = _best(trials)
@@ -571,7 +581,8 @@ def _write_outputs(out: Path, study, model: str, data: PreparedData, metric: str
              f"model_name = {toml_value(model)}", "", "[train]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in _train_table(fixed, train_opts, seed, metric).items()
               if v is not None]
-    lines += ["", "[model]"] + [f"{k} = {toml_value(v)}" for k, v in model_opts.items() if v is not None]
+    lines += ["", "[model]"] + [f"{k} = {toml_value(v)}" for k, v in {**(fixed_model or {}), **model_opts}.items()
+                                if v is not None]
     atomic_write_text(out / "best_config.toml", "\n".join(lines) + "\n")
 
 
