@@ -159,6 +159,10 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--tune-trials", type=int, help="search every model with mkmsr tune (Optuna) for N trials "
+                   "on validation before its seeds (the same budget for every model; use a fresh --work: runs "
+                   "with other options are retrained)")
+    p.add_argument("--tune-minutes", type=float, help="and at most M minutes of search per model")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
@@ -173,10 +177,11 @@ def main(argv=None) -> int:
     abl = [m for m in a.ablations.split(",") if m]
     if not a.report_only:
         sets = {k: v for k, v in allsets.items() if k in want}
-        bm.run_benchmark(work, sets, models, 1, train, on_progress=say)          # every row once first
-        bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say)
+        optuna = {"trials": a.tune_trials, "minutes": a.tune_minutes} if a.tune_trials else None
+        bm.run_benchmark(work, sets, models, 1, train, on_progress=say, optuna=optuna)   # every row once first
+        bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say, optuna=optuna)
         if abl:
-            bm.run_benchmark(work, sets, abl, a.ablation_seeds, train, on_progress=say)
+            bm.run_benchmark(work, sets, abl, a.ablation_seeds, train, on_progress=say, optuna=optuna)
     res = report(work, allsets, models + abl, a.seeds)
     atomic_write_text(Path(a.docs) / "results-lead.md", markdown(res, time.perf_counter() - t0))
     print(markdown(res, time.perf_counter() - t0))
