@@ -116,7 +116,7 @@ def test_training_prefixes_do_not_find_their_own_session_in_the_neighbourhood(sy
 
 
 def test_cached_neighbourhoods_equal_the_live_ones(synthetic_data):
-    """The neighbours found once in fit_statistics (per split; train prefixes without their own
+    """The neighbourhood scores found once in fit_statistics (per split; train prefixes without their own
     session) give the same scores and loss as computing them in the step; rows cut by max_len and
     batches from elsewhere (serving) are computed live."""
     m, data = fitted(synthetic_data)
@@ -132,11 +132,12 @@ def test_cached_neighbourhoods_equal_the_live_ones(synthetic_data):
         assert torch.equal(b.sample_idx, torch.from_numpy(idx))
         if split == "train":
             b.train_sessions = torch.from_numpy(sess[idx].astype(np.int64))
-            assert m._cached_neighbours(b, True) is not None
+            assert all(torch.equal(x, y) for x, y in zip(m._neighbourhood(b, True), live._live_neighbourhood(b, True)))
             with torch.no_grad():
                 assert torch.allclose(m.sr_loss(b), live.sr_loss(b), atol=1e-6)
         else:
-            assert m._cached_neighbours(b, False) is not None
+            assert all(torch.equal(x, y) for x, y in zip(m._neighbourhood(b, False),
+                                                         live._live_neighbourhood(b, False)))
             with torch.no_grad():
                 assert torch.allclose(m.score(b), live.score(b), atol=1e-5)
     # a prefix cut by max_len is not its sample: no cache row may stand in for it
@@ -144,10 +145,15 @@ def test_cached_neighbourhoods_equal_the_live_ones(synthetic_data):
     sess, prefix = arr.samples()
     long = np.nonzero(prefix > 2)[0][:5]
     b = make_batch(arr, sess[long], prefix[long], max_len=2)
-    assert (b.sample_idx == -1).all() and m._cached_neighbours(b, False) is None
+    assert (b.sample_idx == -1).all()
+    calls = []
+    m._live_neighbourhood = lambda *a: calls.append(a) or live._live_neighbourhood(*a)
+    m._neighbourhood(b, False)
     # sessions built for serving carry no origin
     s = batch_from_sequences([[1, 2, 3]], [[0, 0, 0]])
-    assert s.origin == "" and m._cached_neighbours(s, False) is None
+    assert s.origin == ""
+    m._neighbourhood(s, False)
+    assert len(calls) == 2   # both computed live
 
 
 def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):

@@ -222,27 +222,10 @@ class SessionKNNBase(CountModel):
         vals, j = vals[:, :k], j[:, :k]
         return d["recency"][j], torch.where(vals > 0, vals, torch.zeros_like(vals))
 
-    def batch_neighbours(self, batch: Batch, exclude_own: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, k) neighbour session indices and (B, k) similarities of every prefix of ``batch``
-        (see :meth:`neighbours`; ``exclude_own`` as in :meth:`logits`), in chunks."""
-        own = batch.train_sessions if exclude_own else None
-        nbs, ws = [], []
-        for lo in range(0, batch.items.shape[0], self.chunk):
-            pos = session_positions(Batch(batch.items[lo:lo + self.chunk], batch.ops[lo:lo + self.chunk],
-                                          batch.lengths[lo:lo + self.chunk]), self.spec.n_items)
-            nb, w = self.neighbours(pos, batch.lengths[lo:lo + self.chunk],
-                                    None if own is None else own[lo:lo + self.chunk])
-            nbs.append(nb)
-            ws.append(w)
-        return torch.cat(nbs), torch.cat(ws)
-
-    def logits(self, batch: Batch, exclude_own: bool = False,
-               neighbours: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def logits(self, batch: Batch, exclude_own: bool = False) -> torch.Tensor:
         """(B, n_items) scores. ``exclude_own``: leave out of the neighbourhood the train session
         each prefix comes from (``batch.train_sessions``; for models that learn from these
-        scores on training prefixes, which would otherwise find their own target there).
-        ``neighbours``: the batch's ``(nb, w)`` from :meth:`batch_neighbours`, computed earlier
-        (they depend on the prefixes and the train split only); None = compute them now."""
+        scores on training prefixes, which would otherwise find their own target there)."""
         outs = []
         beta = float(getattr(self.config, "repeat_boost", 0.0))
         own = batch.train_sessions if exclude_own else None
@@ -250,10 +233,7 @@ class SessionKNNBase(CountModel):
             b = Batch(batch.items[lo:lo + self.chunk], batch.ops[lo:lo + self.chunk],
                       batch.lengths[lo:lo + self.chunk])
             pos = session_positions(b, self.spec.n_items)
-            if neighbours is not None:
-                nb, w = neighbours[0][lo:lo + self.chunk], neighbours[1][lo:lo + self.chunk]
-            else:
-                nb, w = self.neighbours(pos, b.lengths, None if own is None else own[lo:lo + self.chunk])
+            nb, w = self.neighbours(pos, b.lengths, None if own is None else own[lo:lo + self.chunk])
             sc = self.item_scores(pos, b.lengths, nb, w, self._derived())
             if beta:
                 sc = remind(sc, pos, beta)

@@ -79,7 +79,7 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_lambda_inh: float = 2.05
     nb_init: tuple = (48.0, 48.0, 4.0)  # initial weights of the neighbourhood features (learned)
     nb_cache: bool = field(default=True, metadata={"execution_only": True})
-                                   # find the neighbours of every train / valid / test prefix once, in
+                                   # score the neighbourhood of every train / valid / test prefix once, in
                                    # fit_statistics, instead of at every epoch (same values; serving computes live)
     # inference-time calibration, chosen on validation after training (``calibration_grid``)
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights
@@ -132,9 +132,9 @@ class MKMSRRN(MKMSR):
         # items seen in the train split (filled by fit_statistics; all warm until then)
         self.register_buffer("warm", torch.ones(spec.n_items + 1))
         self._keep: torch.Tensor | None = None   # the id mask of the current training step
-        #: (split origin, own session excluded) -> (n_samples, k) neighbours and similarities of
-        #: every prefix of that split (filled by fit_statistics when nb_cache; not saved)
-        self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        #: (split origin, own session excluded) -> CSR (indptr, cols, vals) of the normalised
+        #: neighbourhood scores of every prefix of that split (fit_statistics, when nb_cache; not saved)
+        self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
 
     def calibration_grid(self) -> dict[str, tuple]:
         """The inference-time options the trainer picks on validation after training (see the
@@ -164,30 +164,50 @@ class MKMSRRN(MKMSR):
         self.warm[0] = 1.0
 
     @torch.no_grad()
+    def _live_neighbourhood(self, batch: Batch, own_excluded: bool) -> tuple[torch.Tensor, ...]:
+        """The nonzero STAN scores of the batch, divided by each row's maximum: rows, columns
+        (0-based item columns) and values, each (nnz,)."""
+        nb = self.stan.logits(batch, exclude_own=own_excluded)
+        top = nb.amax(dim=1, keepdim=True)
+        nb = torch.where(top > 0, nb / top.clamp(min=1e-30), nb)
+        r, c = torch.nonzero(nb, as_tuple=True)
+        return r, c, nb[r, c]
+
+    @torch.no_grad()
     def _fill_nb_cache(self, split, exclude_own: bool, batch_size: int = 512) -> None:
-        """The neighbours of every prefix of ``split`` (for the train split: each without its own
-        session, as training prefixes see them), in the split's sample order."""
+        """The neighbourhood scores of every prefix of ``split`` (for the train split: each
+        without its own session, as training prefixes see them), in the split's sample order,
+        as CSR arrays: ``indptr`` (n_samples + 1,), ``cols`` (nnz,) int32, ``vals`` (nnz,)."""
         sess, prefix = split.samples()
         if not sess.size or not split.origin:
             return
-        nbs, ws = [], []
+        counts, cols, vals = [], [], []
         dev = self.warm.device
         for lo in range(0, sess.size, batch_size):
             b = make_batch(split, sess[lo:lo + batch_size], prefix[lo:lo + batch_size], with_targets=False).to(dev)
             if exclude_own:
                 b.train_sessions = torch.from_numpy(sess[lo:lo + batch_size]).to(dev)
-            nb, w = self.stan.batch_neighbours(b, exclude_own=exclude_own)
-            nbs.append(nb.cpu())
-            ws.append(w.cpu())
-        self._nb_cache[(split.origin, exclude_own)] = (torch.cat(nbs), torch.cat(ws))
+            r, c, v = self._live_neighbourhood(b, exclude_own)      # row-major: rows ascending
+            counts.append(torch.bincount(r, minlength=len(b)).cpu())
+            cols.append(c.to(torch.int32).cpu())
+            vals.append(v.cpu())
+        indptr = F.pad(torch.cumsum(torch.cat(counts), 0), (1, 0))
+        self._nb_cache[(split.origin, exclude_own)] = (indptr, torch.cat(cols), torch.cat(vals))
 
-    def _cached_neighbours(self, batch: Batch, own_excluded: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The batch's (nb, w) from the cache when every row is a cached sample, else None."""
+    def _neighbourhood(self, batch: Batch, own_excluded: bool) -> tuple[torch.Tensor, ...]:
+        """(rows, cols, values) of :meth:`_live_neighbourhood`, read from the cache when every row
+        of the batch is a cached sample."""
         tab = self._nb_cache.get((batch.origin, own_excluded)) if batch.sample_idx is not None else None
         if tab is None or not bool((batch.sample_idx >= 0).all()):
-            return None
+            return self._live_neighbourhood(batch, own_excluded)
+        indptr, cols, vals = tab
         si = batch.sample_idx.cpu()
-        return tab[0][si].to(batch.items.device), tab[1][si].to(batch.items.device)
+        start, n = indptr[si], indptr[si + 1] - indptr[si]                       # (B,)
+        rows = torch.repeat_interleave(torch.arange(si.numel()), n)
+        first = torch.cumsum(n, 0) - n
+        idx = torch.repeat_interleave(start - first, n) + torch.arange(int(n.sum()))
+        dev = batch.items.device
+        return rows.to(dev), cols[idx].to(torch.int64).to(dev), vals[idx].to(dev)
 
     # ---- item side ---------------------------------------------------------------------------
     def _id_keep(self) -> torch.Tensor:
@@ -246,15 +266,9 @@ class MKMSRRN(MKMSR):
         neural = s @ V[1:].T                                                     # (B, n)
         e = neural
         if self.config.neighbours:
-            with torch.no_grad():
-                nb = self.stan.logits(batch, exclude_own=own_excluded,
-                                      neighbours=self._cached_neighbours(batch, own_excluded))
-                top = nb.amax(dim=1, keepdim=True)
-                nb = torch.where(top > 0, nb / top.clamp(min=1e-30), nb)
+            # every feature is 0 where n = 0: computed on the (few) nonzero entries only
+            r, c, v = self._neighbourhood(batch, own_excluded)
             w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
-            # every feature is 0 where n = 0: compute them on the (few) nonzero entries only
-            r, c = torch.nonzero(nb, as_tuple=True)
-            v = nb[r, c]
             f = w[0] * v + w[1] * (torch.log1p(v / 0.01) / math.log1p(100.0)) + w[2]
             e = e.index_put((r, c), f, accumulate=True)
         out: dict = {}
