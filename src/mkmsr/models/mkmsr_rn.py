@@ -59,6 +59,17 @@ from .mkmsr import MKMSR, MKMSRConfig
 from .stan import STAN, STANConfig
 
 NB_SCALE = 8.0
+#: entries further than this below their row's maximum are lifted to it inside a logsumexp: their
+#: share of the sum is below e^-80 (~1e-35), but exp() of them gives float32 subnormals, which
+#: this CPU computes ~50x slower (the neighbourhood features spread a row over ~100 nats)
+LSE_FLOOR = 80.0
+
+
+def logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1) log sum exp over dim 1, within e^-80 relative of the exact one and free of
+    subnormals (``LSE_FLOOR``); a row of -inf gives -inf."""
+    top = x.amax(dim=1, keepdim=True)
+    return torch.logsumexp(torch.maximum(x, top - LSE_FLOOR), dim=1, keepdim=True)
 
 
 @dataclass
@@ -306,7 +317,7 @@ class MKMSRRN(MKMSR):
 
     def _log_softmax(self, x: torch.Tensor) -> torch.Tensor:
         """log-softmax over the finite entries of each row (a row with none stays -inf)."""
-        lse = torch.logsumexp(x, dim=1, keepdim=True)
+        lse = logsumexp(x)
         return x - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -315,7 +326,7 @@ class MKMSRRN(MKMSR):
         V = self.scoring_vectors()
         P = self._parts(batch, V, own_excluded=False)
         if len(self.components) == 1:
-            return torch.log_softmax(P["explore"], dim=1)
+            return self._log_softmax(P["explore"])
         idx = {c: i for i, c in enumerate(self.components)}
         log_pi = P["log_pi"]
         lp = self._log_softmax(P["explore"]) + log_pi[:, idx["explore"], None]
@@ -341,7 +352,8 @@ class MKMSRRN(MKMSR):
         P = self._parts(batch, V, own_excluded=batch.train_sessions is not None)
         t = batch.targets
         if len(self.components) == 1:
-            return F.cross_entropy(P["explore"], t - 1)
+            x = P["explore"]
+            return (logsumexp(x).squeeze(1) - x.gather(1, (t - 1)[:, None]).squeeze(1)).mean()
         col = (t - 1)[:, None]
         terms = []
         for i, c in enumerate(self.components):
@@ -358,10 +370,10 @@ class MKMSRRN(MKMSR):
                     j = pos[t - 1]
                     x = P["cold"]
                     xt = x.gather(1, j.clamp(min=0)[:, None]).squeeze(1)
-                    lpc = torch.where(j >= 0, xt - torch.logsumexp(x, dim=1), torch.full_like(xt, float("-inf")))
+                    lpc = torch.where(j >= 0, xt - logsumexp(x).squeeze(1), torch.full_like(xt, float("-inf")))
             else:
                 x = P[c]
-                lse = torch.logsumexp(x, dim=1)
+                lse = logsumexp(x).squeeze(1)
                 xt = x.gather(1, col).squeeze(1)
                 lpc = torch.where(torch.isfinite(xt), xt - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)),
                                   torch.full_like(xt, float("-inf")))
