@@ -135,19 +135,25 @@ def test_interrupted_rerun_never_pairs_new_config_with_old_metrics(planted_data,
     assert not (new.run_dir(tmp_path) / "metrics.json").exists()
 
 
-def test_execution_only_options_do_not_invalidate_a_finished_run(planted_data, tmp_path):
+def test_execution_only_and_later_options_do_not_invalidate_a_finished_run(planted_data, tmp_path):
     """An option that changes how, not what, a model computes (mkmsr-rn's nb_cache) may differ
-    from a finished run's, or be missing from it (added later): the run is reused; a real option
-    still counts."""
+    from a finished run's; an option the saved run lacks (added after it) counts as its default:
+    the run is reused; a real difference still counts."""
     data = PreparedData(planted_data)
     spec = bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8}, {"epochs": 1})
     rd = spec.run_dir(tmp_path)
     bm.run_one(tmp_path, spec, data)
     cfg = read_json(rd / "config.json")
     del cfg["model_config"]["nb_cache"]                      # as a run from before the option
+    del cfg["model_config"]["recency_buckets"]               # an option added later, at its default
+    del cfg["train_config"]["bucket"]                        # likewise a training option
     (rd / "config.json").write_text(json.dumps(cfg))
     assert bm._same_run(rd, spec, data)
     assert bm._same_run(rd, bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8, "nb_cache": False},
                                        {"epochs": 1}), data)
     assert not bm._same_run(rd, bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8, "nb_k": 7},
                                            {"epochs": 1}), data)
+    assert not bm._same_run(rd, bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8, "recency_buckets": 3},
+                                           {"epochs": 1}), data)
+    assert not bm._same_run(rd, bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8},
+                                           {"epochs": 1, "bucket": 7}), data)

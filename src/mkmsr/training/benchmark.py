@@ -122,22 +122,32 @@ class RunSpec:
         return cfg
 
 
+def _as_json(obj) -> Any:
+    return json.loads(json.dumps(obj))  # as JSON reads it back (tuples become lists)
+
+
+def _complete(saved: dict | None, defaults: dict) -> dict:
+    """A saved configuration with every option it lacks set to today's default: an option added
+    after a run was trained defaults to the behaviour the run had."""
+    return {**defaults, **(saved or {})}
+
+
 def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
     cfg_path = run_dir / "config.json"
     if not (run_dir / "metrics.json").exists() or not cfg_path.exists():
         return False
     saved = read_json(cfg_path)
-    # compare as JSON reads them back (tuples become lists)
     cfg = make_config(spec.model, spec.model_overrides)
-    want_model = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    want_train = json.loads(json.dumps(dataclasses.asdict(spec.train_config())))
-    # options that change how, not what, a model computes (field metadata execution_only) may
-    # differ from the saved run's, or be missing there (added after it ran)
+    want_model = _as_json(dataclasses.asdict(cfg))
+    want_train = _as_json(dataclasses.asdict(spec.train_config()))
+    saved_model = _complete(saved.get("model_config"), _as_json(dataclasses.asdict(make_config(spec.model))))
+    saved_train = _complete(saved.get("train_config"), _as_json(dataclasses.asdict(TrainConfig())))
+    # options that change how, not what, a model computes (field metadata execution_only) may differ
     how = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("execution_only")}
-    saved_model = {k: v for k, v in (saved.get("model_config") or {}).items() if k not in how}
+    saved_model = {k: v for k, v in saved_model.items() if k not in how}
     want_model = {k: v for k, v in want_model.items() if k not in how}
     return (saved.get("model") == spec.model and saved_model == want_model
-            and saved.get("train_config") == want_train and saved.get("dataset_sha256") == data.content_hash)
+            and saved_train == want_train and saved.get("dataset_sha256") == data.content_hash)
 
 
 def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | None = None,
@@ -155,7 +165,8 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     resume = (rd / "state" / "trainer.json").exists() and (rd / "config.json").exists()
     if resume:
         saved = read_json(rd / "config.json")
-        resume = saved.get("train_config") == json.loads(json.dumps(dataclasses.asdict(spec.train_config())))
+        resume = (_complete(saved.get("train_config"), _as_json(dataclasses.asdict(TrainConfig())))
+                  == _as_json(dataclasses.asdict(spec.train_config())))
     # a metrics.json left from an older configuration must not outlive this run's config.json
     # (the Trainer rewrites config.json first; an interruption would pair it with stale metrics)
     (rd / "metrics.json").unlink(missing_ok=True)
