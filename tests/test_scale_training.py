@@ -226,6 +226,17 @@ def test_training_with_the_options_learns_the_planted_next_item(opts, planted_da
     assert all(saved[k] == v for k, v in opts.items())
 
 
+def test_a_time_budget_cuts_the_epoch_and_still_evaluates(planted_data):
+    cfg = TrainConfig(epochs=5, patience=5, batch_size=32, seed=0, time_budget_s=1e-6, eval_test_each_epoch=False)
+    tr = Trainer(PreparedData(planted_data), "sr-gnn", {"dim": 8}, cfg, progress=False)
+    metrics = tr.fit()
+    n = tr.data.manifest["splits"]["train"]["samples"]
+    assert len(tr.history) == 1 and tr.history[0]["train_samples"] == 32 < n  # one step, then the budget is spent
+    assert metrics["best_epoch"] == 1 and "mrr@20" in metrics["valid"]
+    with pytest.raises(ConfigError, match="time_budget_s"):
+        TrainConfig(time_budget_s=-1).validate()
+
+
 def test_sampled_training_is_deterministic_for_a_seed(planted_data):
     def run():
         cfg = TrainConfig(epochs=2, patience=2, batch_size=32, seed=3, loss="sampled", negatives=5,

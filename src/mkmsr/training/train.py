@@ -104,6 +104,9 @@ class TrainConfig:
                                      # `negatives` drawn items, logQ-corrected (mkmsr.models.scoring)
     negatives: int = 2048            # loss=sampled: items drawn per batch besides the batch's own targets
     sampler: str = "uniform"         # loss=sampled: uniform | popularity (frequency as a training target)
+    time_budget_s: float = 0.0       # stop once the training loop (evaluation excluded) has run this long,
+                                     # mid-epoch if need be; that last, partial epoch is evaluated and may be
+                                     # selected like any other (0 = no budget; time-to-accuracy comparisons)
 
     def validate(self) -> None:
         if self.strategy not in ("alternate", "joint", "pretrain"):
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.negatives < 0:
             raise ConfigError(f"negatives must be >= 0 (0 = in-batch negatives only), got {self.negatives}")
+        if self.time_budget_s < 0:
+            raise ConfigError(f"time_budget_s must be >= 0 (0 = no budget), got {self.time_budget_s}")
 
 
 def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -231,6 +236,8 @@ class Trainer:
         if dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
         check_precision(self.config.precision, self.device)  # bf16 where it runs natively only
+        if dist is not None and self.config.time_budget_s:
+            raise ConfigError("time_budget_s is for one process: ranks would stop at different steps")
         self.history: list[dict] = []
         # called as on_epoch_end(epoch, validation metrics) right after each epoch's validation
         # (mkmsr.tune reports to Optuna there; an exception it raises, e.g. TrialPruned, ends fit)
@@ -330,7 +337,8 @@ class Trainer:
 
             tb = open_writer(self.tensorboard_dir)
 
-        while state["epoch"] < c.epochs and not state["stopped_early"]:
+        budget = c.time_budget_s or math.inf
+        while state["epoch"] < c.epochs and not state["stopped_early"] and state["train_seconds"] < budget:
             epoch = state["epoch"] + 1
             rng = np.random.default_rng([c.seed, epoch])
             model.train()
@@ -340,7 +348,9 @@ class Trainer:
             sr_sum, kg_sum, kg_steps = 0.0, 0.0, 0
             bar = tqdm(total=n_batches, desc=f"{self.model_name} epoch {epoch}", disable=not self.progress,
                        leave=False, unit="batch")
+            seen, cut = 0, False
             for step, idx in enumerate(batch_order(n, c.batch_size, rng, lengths, c.bucket)):
+                seen += idx.size
                 if dist is not None:
                     if idx.size < dist.world:  # a last batch too small to give every rank a sample
                         continue
@@ -383,6 +393,9 @@ class Trainer:
                     kg_sum += float(kl.detach())
                     kg_steps += 1
                 bar.update(1)
+                if state["train_seconds"] + (time.perf_counter() - t0) >= budget:
+                    cut = seen < n
+                    break
             bar.close()
             if sched is not None:
                 sched.step()
@@ -403,9 +416,11 @@ class Trainer:
             self._epoch = None
             rec = {"epoch": epoch, "sr_loss": sr_sum / max(1, n_batches),
                    "kg_loss": (kg_sum / kg_steps) if kg_steps else None,
-                   "train_seconds": round(t_train, 3), "train_samples_per_s": round(n / t_train, 1),
+                   "train_seconds": round(t_train, 3), "train_samples_per_s": round(seen / t_train, 1),
                    "lr": opt.param_groups[0]["lr"], "item_embedding_norm": self._item_norm(model),
                    "valid": valid, "test": test}
+            if cut:  # the time budget ended this epoch early
+                rec["train_samples"] = seen
             self.history.append(rec)
             improved = valid[select] > state["best"]
             if dist is not None:  # rank 0 decides (the gathered metrics agree anyway)
