@@ -4,8 +4,8 @@
 
 Per dtype: logits = s E^T (B x N), dL/ds = G E (B x d), dL/dE = G^T s (N x d), each timed as the mean
 of 10 calls after a warm-up, on the given threads. Prints GFLOP/s and ms and writes
-benchmarks/out/gemm_dtypes.json. It measures what a mixed-precision scoring option would gain; the
-training path itself is float32.
+benchmarks/out/gemm_dtypes.json. It measures what the mixed-precision scoring option
+(`mkmsr train --precision bf16`, mkmsr.models.scoring) can gain on this machine at most.
 """
 from __future__ import annotations
 

@@ -133,3 +133,37 @@ def test_recommender_ranks_like_score(name, trained):
         mine = s[[rec.item_index[i] for i in got]]
         assert len(got) == 5 and bool((mine >= kth - 1e-4).all()), (name, items, got, s)
         assert bool((mine[:-1] >= mine[1:] - 1e-4).all()), (name, items, got, s)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_softmax_inputs_give_the_models_own_loss(name, planted_data):
+    """Issue 10: where a model declares ``softmax_loss``, the full softmax over its
+    ``softmax_inputs`` is its ``sr_loss`` (value and gradients), so bf16 and sampled training
+    replace that very loss; elsewhere ``softmax_inputs`` refuses."""
+    from mkmsr.models.scoring import full_softmax_ce
+
+    data = PreparedData(planted_data)
+    torch.manual_seed(0)
+    model = build_model(name, data.spec, small_overrides(name))
+    model.fit_statistics(data)
+    model.eval()  # no dropout: the two losses see the same network
+    arr = data.split("train")
+    sess, prefix = arr.samples()
+    batch = make_batch(arr, sess[:24], prefix[:24])
+    if not model.softmax_loss:
+        with pytest.raises(NotImplementedError, match="not a softmax over dot products"):
+            model.softmax_inputs(batch)
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    own = model.sr_loss(batch)
+    g_own = torch.autograd.grad(own, params, allow_unused=True)
+    s, V = model.softmax_inputs(batch)
+    assert s.shape[0] == len(batch) and V.shape[0] == model.spec.n_items + 1
+    via = full_softmax_ce(s, V, batch.targets)
+    g_via = torch.autograd.grad(via, params, allow_unused=True)
+    assert torch.allclose(own, via, atol=1e-5)
+    for a, b in zip(g_own, g_via):
+        if a is None or b is None:
+            assert (a is None or not a.any()) and (b is None or not b.any())
+        else:
+            assert torch.allclose(a, b, atol=1e-5)

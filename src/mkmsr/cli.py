@@ -374,6 +374,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g = p.add_argument_group("large catalogues (opt-in; evaluation always ranks the full catalogue in float32)")
+    g.add_argument("--precision", choices=["float32", "bf16"],
+                   help="bf16: bfloat16 scoring GEMMs with float32 weights and log-softmax; needs a CUDA GPU or a "
+                        "CPU with AMX / AVX-512 BF16 (default float32)")
+    g.add_argument("--loss", choices=["full", "sampled"],
+                   help="full: softmax over the whole catalogue (the paper's, default); sampled: in-batch + "
+                        "--negatives drawn items, each logit corrected by log of its sampling probability")
+    g.add_argument("--negatives", type=int, help="--loss sampled: items drawn per batch besides the in-batch "
+                                                  "targets (default 2048; 0 = in-batch only)")
+    g.add_argument("--sampler", choices=["uniform", "popularity"],
+                   help="--loss sampled: draw negatives uniformly (default) or by frequency as a training target")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,11 @@ Every model answers:
   Embedding models score by a dot product ``session_vectors(batch) @ candidate_vectors().T``
   (by default ``encode`` and ``item_embeddings``), which servers use to cache the item side.
 * ``sr_loss(batch) -> scalar``: the session-recommendation loss L_S of a batch with targets.
+* ``softmax_inputs(batch) -> (s (B, d), V (n_items + 1, d))`` where ``softmax_loss`` is true:
+  the model's ``sr_loss`` is the full-softmax cross-entropy of ``s @ V[1:].T``, so the training
+  loop may replace that loss by a cheaper one over the same vectors (bfloat16 GEMMs, sampled
+  softmax: :mod:`mkmsr.models.scoring`). False for losses of another form (BPR, mixtures,
+  transformed scores), which then train with their own ``sr_loss`` only.
 * ``kg_loss(triplets, weights=None) -> scalar`` when ``uses_knowledge``: the summed TransH
   loss L_K of (head, relation, tail) entity triplets.
 * ``fit_statistics(data)``: called once before training with the prepared data (count-based
@@ -32,6 +37,9 @@ class SessionModel(nn.Module):
     Config: ClassVar[type]
     #: False for count-based models: they are fitted by ``fit_statistics`` alone, no SGD.
     trainable: ClassVar[bool] = True
+    #: True when ``sr_loss`` is the full-softmax cross-entropy over ``softmax_inputs`` (declared by
+    #: each model, never inherited by accident: a subclass with another loss sets it back to False)
+    softmax_loss: ClassVar[bool] = False
 
     def __init__(self, config: Any, spec: DatasetSpec):
         super().__init__()
@@ -97,6 +105,15 @@ class SessionModel(nn.Module):
     def sr_loss(self, batch: Batch) -> torch.Tensor:
         """Softmax cross-entropy over the full catalogue, averaged over the batch."""
         return F.cross_entropy(self.logits(batch), batch.targets - 1)
+
+    def softmax_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s (B, d), V (n_items + 1, d), row 0 = padding) with ``sr_loss(batch)`` equal to the
+        mean of -log softmax(s @ V[1:].T)[b, targets[b] - 1], in training mode too (same dropout).
+        Only for models whose ``softmax_loss`` is true; default: ``session_vectors`` and
+        ``candidate_vectors``, right for a model that keeps the base ``logits`` and ``sr_loss``."""
+        if not self.softmax_loss:
+            raise NotImplementedError(f"{type(self).__name__}: its SR loss is not a softmax over dot products")
+        return self.session_vectors(batch), self.candidate_vectors()
 
     def kg_loss(self, triplets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no knowledge task")

@@ -43,6 +43,7 @@ class GCSANConfig:
 
 class GCSAN(SessionModel):
     Config = GCSANConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: GCSANConfig, spec):
         super().__init__(config, spec)

@@ -39,6 +39,11 @@ class GRU4RecConfig:
 class GRU4Rec(OutputLayerModel):
     Config = GRU4RecConfig
 
+    @property
+    def softmax_loss(self) -> bool:
+        """loss=ce is the full softmax of the output layer; BPR is not."""
+        return self.config.loss == "ce"
+
     def __init__(self, config: GRU4RecConfig, spec):
         super().__init__(config, spec)
         if config.loss not in ("ce", "bpr"):

@@ -74,6 +74,7 @@ def neighbor_table(src: np.ndarray, dst: np.ndarray, n_nodes: int, m: int,
 
 class MGNNSPred(SessionModel):
     Config = MGNNSPredConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: MGNNSPredConfig, spec):
         super().__init__(config, spec)

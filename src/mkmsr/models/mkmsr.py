@@ -67,6 +67,7 @@ class MKMSRConfig:
 
 class MKMSR(SessionModel):
     Config = MKMSRConfig
+    softmax_loss = True  # sr_loss: the full softmax over s^T i_j (the repeat boost is inference-only)
 
     def __init__(self, config: MKMSRConfig, spec: DatasetSpec):
         super().__init__(config, spec)
@@ -231,6 +232,11 @@ class MKMSR(SessionModel):
         last = M[torch.arange(B, device=M.device), batch.lengths - 1]     # m_L (B, m)
         s_g, _ = self.attention(M, last, batch.mask)
         return self.W3(torch.cat([last, s_g], dim=-1))                    # (B, d)
+
+    def softmax_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.softmax_loss:  # a subclass with a loss of its own
+            return super().softmax_inputs(batch)
+        return self._scored(batch)
 
     def sr_loss(self, batch: Batch) -> torch.Tensor:
         """Softmax cross-entropy over the full catalogue (as the base class), fused: fewer passes

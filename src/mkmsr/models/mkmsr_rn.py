@@ -107,6 +107,7 @@ class MKMSRRNConfig(MKMSRConfig):
 
 class MKMSRRN(MKMSR):
     Config = MKMSRRNConfig
+    softmax_loss = False  # a mixture's likelihood (repeat / explore / cold), not one softmax over dot products
 
     def __init__(self, config: MKMSRRNConfig, spec: DatasetSpec):
         super().__init__(config, spec)

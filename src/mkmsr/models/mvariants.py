@@ -41,6 +41,7 @@ class MicroBehaviourSR(SessionModel):
     """M(GRU)-SR / M(GGNN)-SR: micro-behaviour embeddings learned directly."""
 
     Config = MicroConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: MicroConfig, spec):
         super().__init__(config, spec)

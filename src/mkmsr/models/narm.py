@@ -31,6 +31,7 @@ class NARMConfig:
 
 class NARM(SessionModel):
     Config = NARMConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: NARMConfig, spec):
         super().__init__(config, spec)

@@ -34,6 +34,7 @@ class RIBConfig:
 
 class RIB(OutputLayerModel):
     Config = RIBConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: RIBConfig, spec):
         super().__init__(config, spec)

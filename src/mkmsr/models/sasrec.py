@@ -48,6 +48,7 @@ class SASRecConfig:
 
 class SASRec(SessionModel):
     Config = SASRecConfig
+    softmax_loss = True  # sr_loss: the full softmax over session_vectors . candidate_vectors
 
     def __init__(self, config: SASRecConfig, spec):
         super().__init__(config, spec)

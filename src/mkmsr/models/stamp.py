@@ -34,6 +34,11 @@ class STAMPConfig:
 class STAMP(SessionModel):
     Config = STAMPConfig
 
+    @property
+    def softmax_loss(self) -> bool:
+        """The softmax over z, unless z goes through the paper's sigmoid first."""
+        return not self.config.sigmoid_scores
+
     def __init__(self, config: STAMPConfig, spec):
         super().__init__(config, spec)
         d = config.dim

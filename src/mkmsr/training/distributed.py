@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..models.scoring import batch_sr_loss
+
 log = logging.getLogger(__name__)
 
 
@@ -99,23 +101,26 @@ class SRLoss(nn.Module):
     """The SR loss as a module's forward, so that DistributedDataParallel can wrap it (the
     model's other entry points, e.g. the knowledge loss, stay outside DDP)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, softmax=None):
         super().__init__()
         self.model = model
+        self.softmax = softmax  # a replacement SR loss (mkmsr.models.scoring.training_loss) or None
 
     def forward(self, batch, triplets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                kg_weight: float = 0.0) -> torch.Tensor:
-        """L_S of ``batch``; with ``triplets`` (joint strategy, Eq. 16) + lambda_1 * L_K / B."""
-        loss = self.model.sr_loss(batch)
+                kg_weight: float = 0.0, rng=None) -> torch.Tensor:
+        """L_S of ``batch``; with ``triplets`` (joint strategy, Eq. 16) + lambda_1 * L_K / B.
+        ``rng``: the epoch's generator (the sampled softmax draws its negatives from it: every
+        rank draws the same ones)."""
+        loss = batch_sr_loss(self.model, batch, self.softmax, rng)
         if triplets is not None:
             loss = loss + kg_weight * self.model.kg_loss(triplets, weights) / len(batch)
         return loss
 
 
-def wrap_sr_loss(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+def wrap_sr_loss(model: nn.Module, ctx: DistContext, device: torch.device, softmax=None) -> nn.Module:
     """DDP over the SR loss. Parameters the SR loss does not touch (attribute entities, TransH)
     are found unused at every step (a walk over a graph of a few hundred nodes)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
-    return DDP(SRLoss(model), device_ids=ids, find_unused_parameters=True)
+    return DDP(SRLoss(model, softmax), device_ids=ids, find_unused_parameters=True)

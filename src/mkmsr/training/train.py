@@ -27,6 +27,13 @@ Strategies for the knowledge task (paper §3.5, §4.4):
 * ``pretrain``: ``pretrain_epochs`` passes of TransH alone, then L_S alone.
 
 lambda_2 (the L2 penalty of Eq. 14) is Adam's ``weight_decay``, as in SR-GNN's code.
+
+Large catalogues (issue 10; :mod:`mkmsr.models.scoring`): ``precision="bf16"`` runs the scoring
+GEMMs in bfloat16 (float32 weights and log-softmax), ``loss="sampled"`` replaces the full softmax
+by a sampled softmax with logQ correction over in-batch and ``negatives`` drawn items. Both need a
+model whose SR loss is a softmax over dot products (``SessionModel.softmax_loss``); the defaults
+(float32, full) are the paper's loss and leave every model's own ``sr_loss`` in charge. Validation
+and test always rank the full catalogue in float32.
 """
 from __future__ import annotations
 
@@ -52,6 +59,7 @@ from .metrics import NonFiniteScoreError
 from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from ..models import build_model, make_config
 from ..models.base import SessionModel
+from ..models.scoring import LOSSES, PRECISIONS, SAMPLERS, batch_sr_loss, check_precision, training_loss
 
 if TYPE_CHECKING:
     from .distributed import DistContext
@@ -91,6 +99,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch intra-op threads (0 = torch's default)
+    precision: str = "float32"       # float32 | bf16: bfloat16 scoring GEMMs, float32 weights and log-softmax
+    loss: str = "full"               # full: softmax over the whole catalogue (paper) | sampled: in-batch +
+                                     # `negatives` drawn items, logQ-corrected (mkmsr.models.scoring)
+    negatives: int = 2048            # loss=sampled: items drawn per batch besides the batch's own targets
+    sampler: str = "uniform"         # loss=sampled: uniform | popularity (frequency as a training target)
+    time_budget_s: float = 0.0       # stop once the training loop (evaluation excluded) has run this long,
+                                     # mid-epoch if need be; that last, partial epoch is evaluated and may be
+                                     # selected like any other (0 = no budget; time-to-accuracy comparisons)
 
     def validate(self) -> None:
         if self.strategy not in ("alternate", "joint", "pretrain"):
@@ -106,6 +122,16 @@ class TrainConfig:
             raise ConfigError("max_len must be >= 1 or None")
         if self.select_metric.split("@")[0] not in ("hit", "mrr", "ndcg"):
             raise ConfigError(f"select_metric must look like mrr@20, got {self.select_metric!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.negatives < 0:
+            raise ConfigError(f"negatives must be >= 0 (0 = in-batch negatives only), got {self.negatives}")
+        if self.time_budget_s < 0:
+            raise ConfigError(f"time_budget_s must be >= 0 (0 = no budget), got {self.time_budget_s}")
 
 
 def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -209,6 +235,9 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         if dist is not None and self.device.type == "cuda":
             self.device = torch.device("cuda", dist.local_rank)
+        check_precision(self.config.precision, self.device)  # bf16 where it runs natively only
+        if dist is not None and self.config.time_budget_s:
+            raise ConfigError("time_budget_s is for one process: ranks would stop at different steps")
         self.history: list[dict] = []
         # called as on_epoch_end(epoch, validation metrics) right after each epoch's validation
         # (mkmsr.tune reports to Optuna there; an exception it raises, e.g. TrialPruned, ends fit)
@@ -267,6 +296,7 @@ class Trainer:
                 write_json(out / "config.json", self._run_config())
         model = self._build()
         dist = self.dist
+        softmax = self._softmax_loss(model)
         if not model.trainable:
             return self._finish(model, best_epoch=0, epochs_run=0, stopped_early=False, t_train=0.0)
         opt, kg_opt, sched = self._optimizers(model)
@@ -297,7 +327,7 @@ class Trainer:
             from .distributed import wrap_sr_loss
 
             dist.broadcast_parameters(model)
-            ddp = wrap_sr_loss(model, dist, self.device)
+            ddp = wrap_sr_loss(model, dist, self.device, softmax)
 
         from tqdm.auto import tqdm
 
@@ -307,7 +337,8 @@ class Trainer:
 
             tb = open_writer(self.tensorboard_dir)
 
-        while state["epoch"] < c.epochs and not state["stopped_early"]:
+        budget = c.time_budget_s or math.inf
+        while state["epoch"] < c.epochs and not state["stopped_early"] and state["train_seconds"] < budget:
             epoch = state["epoch"] + 1
             rng = np.random.default_rng([c.seed, epoch])
             model.train()
@@ -317,7 +348,9 @@ class Trainer:
             sr_sum, kg_sum, kg_steps = 0.0, 0.0, 0
             bar = tqdm(total=n_batches, desc=f"{self.model_name} epoch {epoch}", disable=not self.progress,
                        leave=False, unit="batch")
+            seen, cut = 0, False
             for step, idx in enumerate(batch_order(n, c.batch_size, rng, lengths, c.bucket)):
+                seen += idx.size
                 if dist is not None:
                     if idx.size < dist.world:  # a last batch too small to give every rank a sample
                         continue
@@ -330,10 +363,10 @@ class Trainer:
                 if dist is not None:
                     # DDP averages the slices' mean-loss gradients: the global batch's gradient
                     loss = ddp(b, *((torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device),
-                                     c.kg_weight) if joint and trip.shape[0] else ()))
+                                     c.kg_weight) if joint and trip.shape[0] else ()), rng=rng)
                     sr_sum += float(loss.detach())
                 else:
-                    loss = model.sr_loss(b)
+                    loss = batch_sr_loss(model, b, softmax, rng)
                     sr_sum += float(loss.detach())
                     if joint and trip.shape[0]:
                         kl = model.kg_loss(torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device))
@@ -360,6 +393,9 @@ class Trainer:
                     kg_sum += float(kl.detach())
                     kg_steps += 1
                 bar.update(1)
+                if state["train_seconds"] + (time.perf_counter() - t0) >= budget:
+                    cut = seen < n
+                    break
             bar.close()
             if sched is not None:
                 sched.step()
@@ -380,9 +416,11 @@ class Trainer:
             self._epoch = None
             rec = {"epoch": epoch, "sr_loss": sr_sum / max(1, n_batches),
                    "kg_loss": (kg_sum / kg_steps) if kg_steps else None,
-                   "train_seconds": round(t_train, 3), "train_samples_per_s": round(n / t_train, 1),
+                   "train_seconds": round(t_train, 3), "train_samples_per_s": round(seen / t_train, 1),
                    "lr": opt.param_groups[0]["lr"], "item_embedding_norm": self._item_norm(model),
                    "valid": valid, "test": test}
+            if cut:  # the time budget ended this epoch early
+                rec["train_samples"] = seen
             self.history.append(rec)
             improved = valid[select] > state["best"]
             if dist is not None:  # rank 0 decides (the gathered metrics agree anyway)
@@ -426,6 +464,24 @@ class Trainer:
         if dist is not None:
             dist.broadcast_parameters(model)
         return self._finish(model, state["best_epoch"], state["epoch"], state["stopped_early"], state["train_seconds"])
+
+    def _softmax_loss(self, model: SessionModel):
+        """The replacement SR loss of ``precision`` / ``loss`` (mkmsr.models.scoring.training_loss),
+        or None for the model's own ``sr_loss``; a clear error for a model that cannot take it."""
+        c = self.config
+        if c.precision == "float32" and c.loss == "full":
+            return None
+        if not model.softmax_loss:
+            raise ConfigError(f"model {self.model_name!r} cannot train with precision={c.precision} loss={c.loss}: "
+                              "its SR loss is not a softmax over dot products of session and item vectors "
+                              f"({type(model).__name__}: a mixture, BPR, transformed scores or no SGD). Use "
+                              "precision float32 and loss full with it, or a model such as mkmsr, sr-gnn, sasrec")
+        counts = None
+        if c.loss == "sampled":
+            counts = np.bincount(self.data.split("train").targets(), minlength=self.data.spec.n_items + 1)
+        log.info("%s: SR loss %s, precision %s%s", self.model_name, c.loss, c.precision,
+                 f", {c.negatives} {c.sampler} negatives + in-batch, logQ-corrected" if c.loss == "sampled" else "")
+        return training_loss(c.loss, c.precision, c.negatives, c.sampler, counts, self.device)
 
     # ------------------------------------------------------------------------------------------
     def _pretrain(self, model: SessionModel, kgs: KnowledgeSampler) -> None:
