@@ -25,6 +25,12 @@ What is measured, per catalogue size and scoring (``--scoring dot,cosine``):
   p90 / p99 / max over ``--calls`` calls after a warm-up, with ``--threads`` torch threads. The
   exact scan is the float32 product (the Recommender's default).
 
+``--model CHECKPOINT`` measures a real checkpoint instead (its own item vectors and trained
+encoder; e.g. the 139k-item run of ``benchmarks/serving.py build``): recall@20 of its encoder's
+session vectors -- the figure that matters for that model -- and the same latencies, for
+sessions from ``--sessions FILE`` (any format of ``mkmsr recommend --input``) or, without it,
+random catalogue sessions as in benchmarks/serving.py.
+
 Writes ``--out``/results.json and results.md (default benchmarks/out/ann_serving/).
 """
 from __future__ import annotations
@@ -157,7 +163,6 @@ def latency(recs: dict, sessions, calls: int, k: int) -> dict:
 
 
 def run_one(n: int, scoring: str, a) -> dict:
-    from mkmsr.serving.ann import IndexConfig, recall_at_k
     from mkmsr.serving.recommend import Recommender
 
     t0 = time.perf_counter()
@@ -165,16 +170,45 @@ def run_one(n: int, scoring: str, a) -> dict:
     exact = Recommender(model, meta, items, ops, index="exact")
     print(f"\n== {n} items, d = {a.dim}, {scoring} scoring ({meta['model']}); catalogue made in "
           f"{time.perf_counter() - t0:.0f}s", flush=True)
-    sessions = request_sessions(n, lab, 2000, a.seed)
-    V = exact.model.candidate_vectors().detach() if scoring == "dot" else exact.model.scoring_vectors().detach()
+    return measure(exact, (model, meta, items, ops), request_sessions(n, lab, 2000, a.seed), scoring, a)
+
+
+def run_checkpoint(a) -> dict:
+    from mkmsr.serving.ann import dot_product_form
+    from mkmsr.serving.recommend import Recommender, read_sessions
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serving import request_sessions as catalogue_sessions
+
+    exact = Recommender.load(a.model, index="exact")
+    if a.sessions:
+        sessions = [r.events for r in read_sessions(a.sessions)][:2000]
+    else:
+        sessions = catalogue_sessions(pl.read_parquet(Path(exact.meta["path"]) / "items.parquet"), 2000, a.seed)
+    scoring = "dot" if dot_product_form(exact.model)[1] == 0 else "dot+boost"
+    print(f"\n== checkpoint {exact.meta['path']}: {exact.model_name}, {exact.n_items} items, "
+          f"{len(sessions)} sessions", flush=True)
+    parts = (exact.model, exact.meta, pl.read_parquet(Path(exact.meta["path"]) / "items.parquet"),
+             pl.read_parquet(Path(exact.meta["path"]) / "operations.parquet"))
+    return measure(exact, parts, sessions, scoring, a)
+
+
+def measure(exact, parts, sessions, scoring: str, a) -> dict:
+    from mkmsr.serving.ann import IndexConfig, dot_product_form, recall_at_k
+    from mkmsr.serving.recommend import Recommender
+
+    model, meta, items, ops = parts
+    n = exact.n_items
+    V = dot_product_form(model)[0]
     q_near = near_item_queries(V, a.queries, a.seed)
-    q_enc = encoder_queries(exact, sessions, a.queries)
-    res = {"n_items": n, "dim": a.dim, "scoring": scoring, "model": meta["model"], "backends": []}
+    q_enc = encoder_queries(exact, sessions, min(a.queries, len(sessions)))
+    res = {"n_items": n, "dim": int(V.shape[1]), "scoring": scoring, "model": meta["model"],
+           "checkpoint": meta.get("path") if a.model else None, "backends": []}
     for kind in a.backends:
         cfg = IndexConfig(kind=kind, m=a.m, ef_construction=a.ef_construction, ef_search=a.ef[0],
                           build_threads=a.build_threads)
         r0 = rss_bytes()
-        rec = Recommender(model, meta, items, ops, index=cfg)
+        rec = Recommender(model, meta, items, ops, index=cfg, max_len=exact.max_len)
         rss = rss_bytes() - r0
         info = rec.index_info
         print(f"  {kind}: built in {info['build_seconds']:.1f}s ({info['library']}, {info['params']}), index "
@@ -204,7 +238,8 @@ def run_one(n: int, scoring: str, a) -> dict:
 
 
 def markdown(all_res: list[dict], a, load: tuple[float, float]) -> str:
-    lines = [f"Synthetic clustered catalogue ({a.clusters} clusters), d = {a.dim}, k = {a.k}, "
+    what = f"Checkpoint {a.model}" if a.model else f"Synthetic clustered catalogue ({a.clusters} clusters), d = {a.dim}"
+    lines = [f"{what}, k = {a.k}, "
              f"{a.threads} torch thread(s) for requests, {a.calls} calls per config; index built with "
              f"{a.build_threads or os.cpu_count()} thread(s); load average {load[0]:.2f} at start, {load[1]:.2f} at end.",
              "",
@@ -246,6 +281,8 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=2000, help="timed calls per config")
     p.add_argument("--queries", type=int, default=1000, help="session vectors per recall figure")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="a checkpoint or run directory to measure instead of the synthetic catalogues")
+    p.add_argument("--sessions", help="with --model: sessions to measure (jsonl, csv or text, as mkmsr recommend --input)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ann_serving"))
     a = p.parse_args(argv)
     from mkmsr.serving.ann import IndexConfig
@@ -256,9 +293,12 @@ def main(argv=None) -> int:
     a.ef = a.ef or [d.ef_search]
     load0 = os.getloadavg()[0]
     all_res = []
-    for n in a.items:
-        for scoring in a.scoring:
-            all_res.append(run_one(n, scoring, a))
+    if a.model:
+        all_res.append(run_checkpoint(a))
+    else:
+        for n in a.items:
+            for scoring in a.scoring:
+                all_res.append(run_one(n, scoring, a))
     load1 = os.getloadavg()[0]
     table = markdown(all_res, a, (load0, load1))
     print("\n" + table)

@@ -139,6 +139,19 @@ def test_filters_and_large_requests_on_the_index_path(ckpts, catalogue):
 
 
 @needs_hnswlib
+def test_index_recall_on_sessions(ckpts, catalogue):
+    exact = Recommender.load(ckpts["mkmsr"])
+    assert exact.index_recall(sessions(catalogue, 3)) == 1.0
+    rec = Recommender.load(ckpts["mkmsr"], index=IndexConfig(kind="hnsw", ef_search=2000, build_threads=1))
+    assert rec.index_recall(sessions(catalogue, 20, seed=6) + [[("never-seen", "click")]], k=10) == 1.0
+    coarse = Recommender.load(ckpts["mkmsr"], index=IndexConfig(kind="hnsw", m=2, ef_construction=2, ef_search=1,
+                                                                margin=0, build_threads=1))
+    assert 0 < coarse.index_recall(sessions(catalogue, 20, seed=6), k=10) <= 1.0
+    with pytest.raises(ValueError, match="no session"):
+        rec.index_recall([[("never-seen", "click")]])
+
+
+@needs_hnswlib
 def test_auto_keeps_the_exact_scan_below_its_threshold(ckpts):
     rec = Recommender.load(ckpts["mkmsr"])
     assert rec.index is None and rec.index_config.kind == "auto"
