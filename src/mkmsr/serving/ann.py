@@ -69,7 +69,10 @@ class IndexConfig:
     """
 
     kind: str = "auto"
-    threshold: int = 250_000     # auto: the index from this many items up (the exact scan's p99 is near 5 ms there)
+    # auto: the index from this many items up. The exact scan's cost grows linearly with the
+    # catalogue (p99 3.93 ms at 139k items, docs/performance.md); below this the index's build
+    # time and its approximate membership buy little
+    threshold: int = 250_000
     m: int = 32                  # HNSW: links per node (memory ~ 8 m bytes per item on top of the vectors)
     ef_construction: int = 100   # HNSW: candidate list while building (build time grows with it)
     ef_search: int = 128         # HNSW: candidate list while searching (recall and latency grow with it)

@@ -188,6 +188,7 @@ class Recommender:
         self.index_info: dict = {"kind": "exact", "requested": self.index_config.kind}
         self._build_index()
 
+    @torch.inference_mode()  # the model's cached scoring vectors serve as the rescoring matrix: no copy
     def _build_index(self) -> None:
         cfg = self.index_config
         kind = cfg.resolve(self.n_items, self.device)
