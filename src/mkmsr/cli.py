@@ -211,7 +211,11 @@ def cmd_recommend(a: argparse.Namespace) -> int:
         raise ConfigError("give either --session item:op,item:op,... or --input FILE (jsonl, csv or text)")
     if a.k < 1 or a.batch_size < 1:
         raise ConfigError("-k and --batch-size must be >= 1")
-    rec = Recommender.load(a.run)
+    from .serving.ann import IndexConfig
+
+    device = ("cuda" if _torch_cuda() else "cpu") if a.device == "auto" else a.device
+    rec = Recommender.load(a.run, device, index=IndexConfig(kind=a.index, threshold=a.index_threshold,
+                                                            ef_search=a.index_ef))
     if a.session:
         try:
             requests = [SessionRequest("1", parse_session(a.session))]
@@ -230,13 +234,36 @@ def cmd_recommend(a: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _serving_flags(s: argparse.ArgumentParser, d) -> None:
+    """--device and the nearest-neighbour index flags, shared by serve and recommend."""
+    from .serving.ann import KINDS
+
+    s.add_argument("--device", default="cpu", help="cpu (default) | cuda | cuda:N | auto (cuda when available)")
+    s.add_argument("--index", choices=list(KINDS), default=d.index,
+                   help="how a session is ranked over the whole catalogue: 'auto' (default: an hnsw index on the "
+                        f"CPU from --index-threshold items up, else the exact scan), 'exact', 'hnsw' (hnswlib), "
+                        "'faiss-hnsw', 'flat' (faiss, exact); retrieved items are rescored exactly. Needs the 'ann' "
+                        "extra for anything but exact")
+    s.add_argument("--index-threshold", type=int, default=d.index_threshold,
+                   help=f"--index auto: build the index from this many catalogue items up (default {d.index_threshold})")
+    s.add_argument("--index-ef", type=int, default=d.index_ef,
+                   help=f"HNSW search list: higher = better recall, slower (default {d.index_ef})")
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from .serving.serve import ServeConfig, serve
 
     cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
                       batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
-                      admin_token=a.admin_token, scan=a.scan)
+                      admin_token=a.admin_token, scan=a.scan, index=a.index, index_threshold=a.index_threshold,
+                      index_ef=a.index_ef)
     if a.access_log == "json":  # one bare JSON object per line on stdout, whatever -q/-v say
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -245,7 +272,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         access.setLevel(logging.INFO)
         access.propagate = False
     serve(a.model, a.host, a.port, cfg, access_log=a.access_log or False,
-          log_level="warning" if a.quiet else "debug" if a.verbose > 1 else "info")
+          log_level="warning" if a.quiet else "debug" if a.verbose > 1 else "info", device=a.device)
     return 0
 
 
@@ -498,10 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item-col", default="item_id", help="CSV input: item column (default item_id)")
     s.add_argument("--op-col", default="operation", help="CSV input: operation column ('' = none; default operation)")
     s.add_argument("--separator", default=",", help="CSV input: field separator (default ,)")
-    s.set_defaults(func=cmd_recommend)
-
     from .serving.serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
     d = _SC()
+    _serving_flags(s, d)
+    s.set_defaults(func=cmd_recommend)
+
     s = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)")
     s.add_argument("--model", required=True, help="checkpoint or run directory to serve")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
@@ -523,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scan", choices=["bfloat16", "float32"],
                    help="how one session is ranked over the catalogue: one float32 product (default) or a bfloat16 "
                         "scan + exact float32 rescoring (same ranking, lower median, higher p99)")
+    _serving_flags(s, d)
     s.add_argument("--access-log", nargs="?", const="text", choices=["text", "json"],
                    help="log every request (off by default: it costs throughput): 'text' (the default when the flag "
                         "has no value) is uvicorn's line; 'json' writes one JSON object per request to stdout "

@@ -42,6 +42,7 @@ import torch
 from ..data.batching import batch_from_sequences
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..errors import DataError
+from .ann import IndexConfig, IndexUnavailable, as_index_config, build_index, check_dot_product_form, dot_product_form
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,23 @@ class Recommender:
 
     Batches of several sessions use one float32 matrix product (``_scan_top`` handles several
     rows, but on this machine the float32 matrix product was faster for batches).
+
+    ``index`` (``"auto"`` by default, or ``"exact"``, ``"hnsw"``, ``"faiss-hnsw"``, ``"flat"``, or
+    an :class:`~mkmsr.serving.ann.IndexConfig`) chooses between that exact scan and an
+    approximate nearest-neighbour index built here, at construction, over the item vectors:
+    ``auto`` builds one on the CPU from ``IndexConfig.threshold`` items up (250k) and only for
+    models whose scores are an inner product (plus MKM-SR+'s repeat boost). With an index, a
+    session's top k is chosen among the retrieved items and the session's own items, all
+    rescored exactly (:mod:`mkmsr.serving.ann`); ``candidates`` are always scored exactly.
+    ``index_info`` (and ``describe()["index"]``) says what was built and how long it took.
     """
 
     #: bfloat16 error model of the scan (see the class docstring)
     SCAN_REL, SCAN_ABS = 2.0 ** -7, 2.0 ** -8
 
     def __init__(self, model, meta: dict, items: pl.DataFrame, operations: pl.DataFrame,
-                 device: torch.device | str = "cpu", max_len: int | None = None, scan: str | None = None):
+                 device: torch.device | str = "cpu", max_len: int | None = None, scan: str | None = None,
+                 index: str | IndexConfig | None = None):
         self.model = model.eval()
         self.meta = meta
         self.device = torch.device(device)
@@ -170,14 +181,50 @@ class Recommender:
             self._scan_matrix = m16
             self._scan_delta = float((self.item_matrix - m16.float()).norm(dim=1).max())
             self._scan_norm = float(m16.float().norm(dim=1).max())
+        self.index_config = as_index_config(index)
+        self.index = None
+        self._index_matrix: torch.Tensor | None = None  # (n_items + 1, d) float32, the rescoring side
+        self._index_boost = 0.0  # beta: added to the score of the session's own items (MKM-SR+)
+        self.index_info: dict = {"kind": "exact", "requested": self.index_config.kind}
+        self._build_index()
+
+    @torch.inference_mode()  # the model's cached scoring vectors serve as the rescoring matrix: no copy
+    def _build_index(self) -> None:
+        cfg = self.index_config
+        kind = cfg.resolve(self.n_items, self.device)
+        if kind == "exact":
+            if cfg.kind == "auto":
+                self.index_info["reason"] = (f"{self.n_items} items < threshold {cfg.threshold}"
+                                             if self.device.type == "cpu" else f"the exact scan on {self.device.type}")
+            return
+        try:
+            V, beta = dot_product_form(self.model)
+            V = V.to(self.device, torch.float32).contiguous()
+            # two probe sessions (one with a repeated item) against the model's own scores
+            op = next(iter(self.op_index.values()), 0)
+            two = min(2, self.n_items)
+            probe = batch_from_sequences([[1], [two, 1, two]], [[op], [op] * 3]).to(self.device)
+            check_dot_product_form(self.model, V, beta, probe)
+            index = build_index(kind, V, cfg)
+        except IndexUnavailable as exc:
+            if cfg.kind != "auto":
+                raise
+            log.warning("serving %s with the exact scan: %s", self.model_name, exc)
+            self.index_info["reason"] = str(exc)
+            return
+        self.index, self._index_matrix, self._index_boost = index, V, beta
+        self.index_info = {**index.describe(), "requested": cfg.kind, "repeat_boost": beta,
+                           "margin": cfg.margin, "max_retrieve": cfg.max_retrieve}
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", max_len: int | None = None,
-             scan: str | None = None) -> "Recommender":
+             scan: str | None = None, index: str | IndexConfig | None = None) -> "Recommender":
         """Load a checkpoint directory (or a run directory: its ``best/`` checkpoint).
 
         ``max_len`` (default: the training run's ``max_len``) keeps only the latest events of
-        a session, as in training. Raises DataError / RuntimeError on a broken checkpoint.
+        a session, as in training. ``index``: see the class docstring (default ``auto``).
+        Raises DataError / RuntimeError on a broken checkpoint, IndexUnavailable when an
+        explicitly requested index cannot serve this model or its library is missing.
         """
         path = resolve_checkpoint(path)
         model, meta = load_checkpoint(path, device)
@@ -188,7 +235,7 @@ class Recommender:
         ops = pl.read_parquet(path / "operations.parquet")
         if max_len is None:
             max_len = (meta.get("train_config") or {}).get("max_len")
-        return cls(model, meta, items, ops, device, max_len, scan)
+        return cls(model, meta, items, ops, device, max_len, scan, index)
 
     # ---- introspection -----------------------------------------------------------------------
     @property
@@ -222,12 +269,35 @@ class Recommender:
             "spec": self.meta.get("spec"), "mkmsr_version": self.meta.get("mkmsr_version"),
             "catalogue": {"items": self.n_items, "cold_items": int((self.train_count[1:] == 0).sum()),
                           "operations": sorted(self.op_index, key=self.op_index.get)},
-            "max_len": self.max_len, "epoch": self.meta.get("epoch"),
+            "max_len": self.max_len, "epoch": self.meta.get("epoch"), "index": self.index_info,
             "metrics": {"valid_at_checkpoint": self.meta.get("valid"),
                         "run": ({k: run_metrics.get(k) for k in ("best_epoch", "valid", "test", "seed")}
                                 if run_metrics else None)},
             "dataset": {**(self.meta.get("dataset") or {}), "manifest": manifest},
         })
+
+    @torch.inference_mode()
+    def index_recall(self, sessions: Sequence[Sequence[Event]], k: int = 20) -> float:
+        """Recall@k of the index path against the exact ranking over ``sessions`` (external ids;
+        sessions without a known item are skipped): the mean share of each session's exact top k
+        (by the inner product, before any repeat boost) that retrieving ``k + margin`` items and
+        rescoring them exactly recovers. 1.0 without an index. Measure it on your own sessions:
+        recall depends on how session vectors lie among the item vectors."""
+        from .ann import recall_at_k
+
+        if self.index is None:
+            return 1.0
+        tr = [self._translate(s, f"session {i}") for i, s in enumerate(sessions)]
+        tr = [(t[0][-self.max_len:] if self.max_len else t[0], t[1][-self.max_len:] if self.max_len else t[1])
+              for t in tr if t[0]]
+        if not tr:
+            raise ValueError("index_recall: no session has a known item")
+        vecs = []
+        for c0 in range(0, len(tr), 256):
+            part = tr[c0:c0 + 256]
+            batch = batch_from_sequences([t[0] for t in part], [t[1] for t in part]).to(self.device)
+            vecs.append(self.model.session_vectors(batch).float())
+        return recall_at_k(self.index, self._index_matrix, torch.cat(vecs), k, self.index_config.margin)
 
     @torch.inference_mode()
     def self_check(self) -> None:
@@ -331,6 +401,17 @@ class Recommender:
 
     def _score_rows(self, prep: list[_Prepared], rows: list[int], out: list) -> None:
         batch = batch_from_sequences([p.items for p in prep], [p.ops for p in prep]).to(self.device)
+        if self.index is not None:
+            session_vecs = self.model.session_vectors(batch).float()   # (b, d)
+            rest = self._rank_index(prep, rows, out, session_vecs)
+            if not rest:
+                return
+            if self.item_matrix is not None:
+                self._rank([prep[r] for r in rest], [rows[r] for r in rest], out, session_vecs[rest], fallback=False)
+                return
+            # scores with per-session terms: the exact path is the model's own score
+            prep, rows = [prep[r] for r in rest], [rows[r] for r in rest]
+            batch = batch_from_sequences([p.items for p in prep], [p.ops for p in prep]).to(self.device)
         if self.item_matrix is not None:
             session_vecs = self.model.session_vectors(batch).float()  # (b, d)
             self._rank(prep, rows, out, session_vecs, fallback=False)
@@ -389,6 +470,44 @@ class Recommender:
                 continue
             vals, pos = torch.topk(s, kk, largest=True, sorted=True)
             self._emit(out, rows[r], p, vals.cpu().tolist(), cand[pos].cpu().tolist(), fallback)
+
+    def _rank_index(self, prep: list[_Prepared], rows: list[int], out: list, S: torch.Tensor) -> list[int]:
+        """Rank rows without ``candidates`` from the index (module :mod:`mkmsr.serving.ann`);
+        returns the positions in ``prep`` left to the exact path: rows with candidates, rows
+        that need more than ``max_retrieve`` neighbours, rows left with fewer than k items."""
+        cfg = self.index_config
+        rest, todo, want = [], [], []
+        for r, p in enumerate(prep):
+            kk = p.k + len(set(p.exclude)) + cfg.margin
+            if p.candidates is not None or kk > cfg.max_retrieve or p.k >= self.n_items:
+                rest.append(r)
+            else:
+                todo.append(r)
+                want.append(kk)
+        if not todo:
+            return rest
+        threads = 1 if len(todo) == 1 else torch.get_num_threads()
+        labels = self.index.search(S[todo].cpu().numpy(), max(want), threads)    # (b, k') item_idx, -1 = none
+        V, beta = self._index_matrix, self._index_boost
+        for j, r in enumerate(todo):
+            p = prep[r]
+            lab = labels[j, :want[j]]
+            lab = lab[lab > 0]
+            if beta:  # the session's own items may owe their place to the boost: score them too
+                lab = np.concatenate([lab, np.asarray(p.items, dtype=np.int64)])
+            lab = np.unique(lab)
+            if p.exclude:
+                lab = lab[~np.isin(lab, np.asarray(p.exclude, dtype=np.int64))]
+            if lab.size < p.k:
+                rest.append(r)
+                continue
+            cand = torch.from_numpy(lab).to(self.device)
+            s = V[cand] @ S[r]                                              # (c,) exact float32 scores
+            if beta:
+                s = s + beta * torch.isin(cand, torch.tensor(p.items, device=cand.device)).to(s.dtype)
+            vals, pos = torch.topk(s, p.k, largest=True, sorted=True)
+            self._emit(out, rows[r], p, vals.cpu().tolist(), cand[pos].cpu().tolist(), False)
+        return sorted(rest)
 
     def _scan_top(self, S: torch.Tensor, ks: list[int], excludes: list[list[int]]
                   ) -> list[tuple[list[float], list[int]]] | None:

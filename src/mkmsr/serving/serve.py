@@ -29,8 +29,15 @@ item matrix (float32 by default; optionally a bfloat16 scan with exact float32 r
 :class:`Recommender`). Under load this turns many memory-bound matrix-vector products over the
 catalogue into one matrix product.
 
+Large catalogues. ``--index`` (``auto`` by default) serves one-session requests from an
+approximate nearest-neighbour index over the item vectors from ``--index-threshold`` items up,
+with exact rescoring of what it retrieves (:mod:`mkmsr.serving.ann`); the index is built when a
+model loads, before the server listens or, on a hot swap, before the swap.
+
 Hot swap. ``POST /admin/reload`` (or ``SIGHUP``, which reloads the current path) loads the
-new checkpoint beside the old one, runs :meth:`Recommender.self_check` on it, and only then
+new checkpoint beside the old one (building its index, if it gets one, on a worker thread of the
+event loop's pool, so the inference thread keeps serving the old model meanwhile), runs
+:meth:`Recommender.self_check` on it, and only then
 replaces the reference the inference thread reads at the start of each micro-batch. A
 micro-batch is scored wholly by one model; requests in flight finish on the model they
 started with, so no request fails during a swap. A checkpoint that does not load or check is
@@ -48,6 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from .ann import KINDS as INDEX_KINDS
+from .ann import IndexConfig
 from .serve_observe import note
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations, whose
@@ -76,6 +85,14 @@ class ServeConfig:
     threads: int = 0                   # torch CPU threads (0 = all cores but one, left to the event loop)
     admin_token: str | None = None     # if set, /admin/reload needs header X-Admin-Token
     scan: str | None = None            # one-session ranking: float32 (default) | bfloat16, see Recommender
+    index: str = "auto"                # auto | exact | hnsw | faiss-hnsw | flat, see mkmsr.serving.ann
+    index_threshold: int = IndexConfig.threshold  # auto: an index from this many catalogue items up
+    index_ef: int = IndexConfig.ef_search         # HNSW search list (recall vs latency)
+
+    def index_config(self) -> IndexConfig:
+        """The Recommender's index settings; the build uses the scoring threads (0 = every core)."""
+        return IndexConfig(kind=self.index, threshold=self.index_threshold, ef_search=self.index_ef,
+                           build_threads=self.threads)
 
     def validate(self) -> None:
         for name in ("max_k", "max_events", "max_batch", "max_filter", "max_body_bytes", "max_id_length",
@@ -84,6 +101,9 @@ class ServeConfig:
                 raise ConfigError(f"serve option {name} must be >= 1, got {getattr(self, name)}")
         if self.scan not in (None, "bfloat16", "float32"):
             raise ConfigError(f"scan must be bfloat16 or float32, got {self.scan!r}")
+        if self.index not in INDEX_KINDS:
+            raise ConfigError(f"index must be one of {', '.join(INDEX_KINDS)}, got {self.index!r}")
+        self.index_config().validate()
         if self.batch_window_ms < 0 or self.request_timeout_s <= 0 or self.threads < 0:
             raise ConfigError("batch_window_ms must be >= 0, request_timeout_s > 0 and threads >= 0")
 
@@ -109,15 +129,16 @@ class Served:
 class ModelHolder:
     """Holds the served :class:`Served`; ``reload`` swaps it atomically or not at all."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", scan: str | None = None):
-        self.device, self.scan = device, scan
+    def __init__(self, path: str | Path, device: str = "cpu", scan: str | None = None,
+                 index: "str | IndexConfig | None" = None):
+        self.device, self.scan, self.index = device, scan, index
         self._lock = threading.Lock()  # one reload at a time
         self._current = self._load(path, 1)
 
     def _load(self, path: str | Path, generation: int) -> Served:
         from .recommend import Recommender
 
-        rec = Recommender.load(path, self.device, scan=self.scan)
+        rec = Recommender.load(path, self.device, scan=self.scan, index=self.index)  # builds its index, if any
         rec.self_check()
         ck = str(Path(rec.meta["path"]).resolve())
         return Served(rec, generation, ck, time.time(), rec.describe())
@@ -538,8 +559,10 @@ def create_app(holder: ModelHolder, config: ServeConfig | None = None, access_lo
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          access_log: bool | str = False, log_level: str = "info") -> None:
+          access_log: bool | str = False, log_level: str = "info", device: str = "cpu") -> None:
     """Load ``model`` (checkpoint or run directory) and serve it with uvicorn until stopped.
+
+    ``device``: cpu | cuda | cuda:N | auto (cuda when available) -- where the model scores.
 
     ``access_log``: False (none), True or ``"text"`` (uvicorn's access log), ``"json"`` (one JSON
     line per request on the ``mkmsr.access`` logger; uvicorn's own access log off).
@@ -560,9 +583,11 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
     if not cfg.threads:
         cfg = dataclasses.replace(cfg, threads=max(1, (os.cpu_count() or 2) - 1))
     torch.set_num_threads(cfg.threads)
-    holder = ModelHolder(model, scan=cfg.scan)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    holder = ModelHolder(model, device, scan=cfg.scan, index=cfg.index_config())
     s = holder.current
-    log.info("loaded %s from %s (%d items); listening on http://%s:%d", s.rec.model_name, s.path,
-             s.rec.n_items, host, port)
+    log.info("loaded %s from %s (%d items, index %s); listening on http://%s:%d", s.rec.model_name, s.path,
+             s.rec.n_items, s.rec.index_info["kind"], host, port)
     app = create_app(holder, cfg, access_log="json" if access_log == "json" else None)
     uvicorn.run(app, host=host, port=port, access_log=access_log in (True, "text"), log_level=log_level)
