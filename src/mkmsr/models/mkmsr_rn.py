@@ -101,6 +101,12 @@ class MKMSRRNConfig(MKMSRConfig):
                                    # vector alone (id part zeroed), among the warm items | component: the
                                    # same vectors, ranked in a third mixture component of their own | id:
                                    # as warm items (their untrained id embedding included)
+    # cold_items="match": the knowledge-match component (inference only; calibrated on validation)
+    match_alpha: float = -20.0     # gate logit of the component: sigmoid(alpha + beta * max match)
+    match_beta: float = 1.0
+    match_tau: float = 2.0         # temperature of the softmax over the matching cold items
+    match_idf: float = 0.0         # attribute value weight idf^match_idf (0: every shared attribute counts 1)
+    match_recency: float = 2.0     # session position weights exp(-(L - t) / match_recency)
     id_dropout: float = 0.0        # training: share of items whose id part is zeroed per batch (with
                                    # "component" they are that batch's cold items)
 
@@ -113,8 +119,8 @@ class MKMSRRN(MKMSR):
         super().__init__(config, spec)
         if config.repeat_boost or config.repeat_boost_grid:
             raise ValueError("mkmsr-rn learns its repeats: repeat_boost / repeat_boost_grid do not apply")
-        if config.cold_items not in ("attributes", "component", "id"):
-            raise ValueError(f"cold_items must be 'attributes', 'component' or 'id', got {config.cold_items!r}")
+        if config.cold_items not in ("attributes", "component", "match", "id"):
+            raise ValueError(f"cold_items must be 'attributes', 'component', 'match' or 'id', got {config.cold_items!r}")
         if config.cold_items != "id" and config.item_repr != "id+attributes":
             raise ValueError("cold_items='attributes' needs item_repr='id+attributes' (the attribute part)")
         if not 0.0 <= config.id_dropout < 1.0:
@@ -160,6 +166,11 @@ class MKMSRRN(MKMSR):
             grid["gate_shift"] = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
         if "cold" in self.components:
             grid["cold_shift"] = (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
+        if self.config.cold_items == "match":
+            grid["match_alpha"] = (-20.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0)   # -20: off
+            grid["match_beta"] = (0.0, 0.5, 1.0, 2.0)
+            grid["match_tau"] = (1.0, 2.0, 4.0, 8.0)
+            grid["match_idf"] = (0.0, 1.0)
         return grid
 
     # ---- statistics ------------------------------------------------------------------------
@@ -323,7 +334,64 @@ class MKMSRRN(MKMSR):
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """log p(i) of every item under the mixture (of the explore softmax when it is the only
-        component)."""
+        component); with ``cold_items="match"`` mixed with the knowledge-match component."""
+        lp = self._mixture_logits(batch)
+        if self.config.cold_items != "match" or self.training:
+            return lp
+        return self._with_knowledge_match(batch, lp)
+
+    @torch.no_grad()
+    def knowledge_match(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, n_cold) attribute-match scores of the cold items and their (n_cold,) 0-based columns:
+        match(s, i) = sum over attribute values a of i (brand, shop, category...) of
+        idf(a)^match_idf * sum_t exp(-(L - t) / match_recency) 1[x_t has a], so a new item of the
+        shop or brand the session is browsing scores high. Counts from the knowledge graph alone."""
+        cold = self.warm[1:] == 0
+        cols = torch.nonzero(cold, as_tuple=True)[0]
+        B, L = batch.items.shape
+        n_attr = self.attr_embedding.num_embeddings
+        A = torch.sparse_coo_tensor(torch.stack([self.attr_item, self.attr_value]), torch.ones_like(self.attr_weight),
+                                    (self.spec.n_items + 1, n_attr), check_invariants=False).coalesce()
+        rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=batch.items.device)[None, :]).to(torch.float32)
+        w = torch.where(batch.mask, torch.exp(-rec / self.config.match_recency), torch.zeros_like(rec))
+        W = torch.zeros(B, self.spec.n_items + 1, device=w.device).index_put_(
+            (torch.arange(B, device=w.device)[:, None].expand(B, L), batch.items), w, accumulate=True)
+        W[:, 0] = 0.0
+        profile = torch.sparse.mm(A.t(), W.T).T                                   # (B, n_attr)
+        weight = torch.ones(n_attr, device=w.device)
+        if self.config.match_idf:
+            support = torch.bincount(self.attr_value, minlength=n_attr).to(torch.float32)
+            weight = torch.log((self.spec.n_items + 1) / support.clamp(min=1.0)).clamp(min=0.0) ** self.config.match_idf
+        on_cold = torch.nonzero(cold[self.attr_item.clamp(min=1) - 1] & (self.attr_item > 0), as_tuple=True)[0]
+        pos = torch.full((self.spec.n_items + 1,), -1, dtype=torch.long, device=w.device)
+        pos[cols + 1] = torch.arange(cols.numel(), device=w.device)
+        Ac = torch.sparse_coo_tensor(torch.stack([pos[self.attr_item[on_cold]], self.attr_value[on_cold]]),
+                                     weight[self.attr_value[on_cold]], (cols.numel(), n_attr), check_invariants=False)
+        return torch.sparse.mm(Ac.coalesce(), profile.T).T, cols                 # (B, n_cold)
+
+    def _with_knowledge_match(self, batch: Batch, lp: torch.Tensor) -> torch.Tensor:
+        """p'(i) = (1 - g) p(i) + g softmax_{cold i, match > 0}(match_tau * match(i)), with
+        g = sigmoid(match_alpha + match_beta * max match) (0 when no cold item shares an attribute
+        with the session). Training prefixes never have cold targets, so every parameter here is
+        chosen on validation (``calibration_grid``), none learned."""
+        c = self.config
+        if c.match_alpha <= -20.0:
+            return lp
+        raw, cols = self.knowledge_match(batch)
+        if not cols.numel():
+            return lp
+        has = raw > 0
+        anyp = has.any(dim=1, keepdim=True)
+        g = torch.where(anyp, torch.sigmoid(c.match_alpha + c.match_beta * raw.amax(dim=1, keepdim=True)),
+                        torch.zeros_like(raw[:, :1]))
+        x = torch.where(has, c.match_tau * raw, torch.full_like(raw, float("-inf")))
+        lse = torch.logsumexp(x, dim=1, keepdim=True)
+        lc = torch.where(has, x - torch.where(anyp, lse, torch.zeros_like(lse)) + torch.log(g.clamp(min=1e-30)),
+                         torch.full_like(x, float("-inf")))
+        out = lp + torch.log1p(-g)
+        return out.index_copy(1, cols, torch.logaddexp(out[:, cols], lc))
+
+    def _mixture_logits(self, batch: Batch) -> torch.Tensor:
         V = self.scoring_vectors()
         P = self._parts(batch, V, own_excluded=False)
         if len(self.components) == 1:
