@@ -222,6 +222,10 @@ def test_knowledge_match_component(synthetic_data):
         assert torch.allclose(lp.exp().sum(1), torch.ones(len(b)), atol=1e-5)
         base = plain.score(b)[:, 1:]
         assert not torch.allclose(lp, base)
+        m.config.match_alpha, m.config.match_beta = 40.0, 2.0   # g saturates to 1 in float32: still finite
+        sat = m.score(b)[:, 1:]
+        assert torch.isfinite(sat[raw.amax(1) <= 0]).all()
+        assert torch.isfinite(sat.amax(1)).all() and not torch.isnan(sat).any()
         m.config.match_alpha = -20.0
         assert torch.equal(m.score(b)[:, 1:], base)
     assert "match_alpha" in m.calibration_grid()

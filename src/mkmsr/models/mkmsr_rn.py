@@ -382,13 +382,14 @@ class MKMSRRN(MKMSR):
             return lp
         has = raw > 0
         anyp = has.any(dim=1, keepdim=True)
-        g = torch.where(anyp, torch.sigmoid(c.match_alpha + c.match_beta * raw.amax(dim=1, keepdim=True)),
-                        torch.zeros_like(raw[:, :1]))
+        z = c.match_alpha + c.match_beta * raw.amax(dim=1, keepdim=True)
+        # log g and log(1 - g) in log space: g saturates to 1.0 in float32 for large z
+        log_g = torch.where(anyp, F.logsigmoid(z), torch.full_like(z, float("-inf")))
+        log_rest = torch.where(anyp, F.logsigmoid(-z), torch.zeros_like(z))
         x = torch.where(has, c.match_tau * raw, torch.full_like(raw, float("-inf")))
         lse = torch.logsumexp(x, dim=1, keepdim=True)
-        lc = torch.where(has, x - torch.where(anyp, lse, torch.zeros_like(lse)) + torch.log(g.clamp(min=1e-30)),
-                         torch.full_like(x, float("-inf")))
-        out = lp + torch.log1p(-g)
+        lc = torch.where(has, x - torch.where(anyp, lse, torch.zeros_like(lse)) + log_g, torch.full_like(x, float("-inf")))
+        out = lp + log_rest
         return out.index_copy(1, cols, torch.logaddexp(out[:, cols], lc))
 
     def _mixture_logits(self, batch: Batch) -> torch.Tensor:
