@@ -28,15 +28,22 @@ Three parts, each switchable for the ablations:
   session is left out of the neighbourhood (it holds the target). The STAN options are ``nb_*``
   (the benchmark passes STAN's validation-tuned ones).
 * **Cold items through knowledge**: an item that never occurs in the train split has an
-  untrained id embedding; with ``cold_items="attributes"`` (default) its vector is its attribute
-  mean alone (brand, shop, category, launch month...). It has no neighbourhood evidence, so among
+  untrained id embedding; its vector is its attribute mean alone (brand, shop, category, launch
+  month...). It has no neighbourhood evidence, so among
   the warm items it rarely ranks; ``cold_items="component"`` ranks the cold items in a third
   mixture component of their own, trained by zeroing the id part of a random ``id_dropout``
   share of the items in each batch (for the GGNN input and the candidates alike: they are that
   batch's cold items, so the attribute embeddings learn to stand in for an item and the gate
   learns when a new item comes next). On the JDATA Demo(N) neither ranks first-time cold targets
   above chance (docs/results-lead.md), and the component's gate, trained with a cold share that
-  differs from deployment, cost accuracy on the warm targets, hence not the default.
+  differs from deployment, cost accuracy on the warm targets. What does rank them (default,
+  ``cold_items="match"``): a **knowledge-match component**, the cold items that share attribute
+  values with the session's items (recency-weighted counts, optionally idf-weighted), mixed in
+  with a gate ``sigmoid(match_alpha + match_beta * max match)``; training prefixes never have
+  cold targets, so its four options are chosen on validation with the calibration below
+  (``match_alpha = -20``: off, which the calibration picks where validation has no cold
+  targets: the result is then exactly ``cold_items="attributes"``, registered as
+  ``mkmsr-rn-no-match``).
 
 Inference-time calibration (``calibration_grid``): the mixture weights learned on training
 prefixes lean towards the neural term, which has memorised them, and the share of cold targets
@@ -97,7 +104,9 @@ class MKMSRRNConfig(MKMSRConfig):
     gate_shift: float = 0.0        # + the gate logit of the repeat component
     cold_shift: float = 0.0        # + the gate logit of the cold-item component
     calibrate: bool = True
-    cold_items: str = "attributes"  # attributes: never-trained items are scored by their attribute
+    cold_items: str = "match"      # match (default): as "attributes", plus the knowledge-match component
+                                   # below (inference only: training is that of "attributes") |
+                                   # attributes: never-trained items are scored by their attribute
                                    # vector alone (id part zeroed), among the warm items | component: the
                                    # same vectors, ranked in a third mixture component of their own | id:
                                    # as warm items (their untrained id embedding included)
