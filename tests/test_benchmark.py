@@ -157,3 +157,31 @@ def test_execution_only_and_later_options_do_not_invalidate_a_finished_run(plant
                                            {"epochs": 1}), data)
     assert not bm._same_run(rd, bm.RunSpec("planted", data.path, "mkmsr-rn", 0, {"dim": 8},
                                            {"epochs": 1, "bucket": 7}), data)
+
+
+def test_a_run_differing_in_inference_options_only_reuses_a_finished_training(synthetic_data, tmp_path):
+    """mkmsr-rn (knowledge match, inference only) trains exactly as mkmsr-rn-no-match: the benchmark
+    reuses the finished no-match run's weights (Trainer.refinish) and its figures equal those of
+    training mkmsr-rn from scratch; a run whose training differs is never a donor."""
+    from mkmsr.training.train import TrainConfig, Trainer
+
+    data = PreparedData(synthetic_data)
+    over, train = {"dim": 8}, {"epochs": 1, "threads": 1}
+    donor = bm.RunSpec("syn", data.path, "mkmsr-rn-no-match", 0, over, train)
+    bm.run_one(tmp_path, donor, data)
+    other = bm.RunSpec("syn", data.path, "mkmsr-rn", 0, {**over, "repeat": False}, train)
+    assert bm._training_donor(tmp_path, other, data) is None
+    assert bm._training_donor(tmp_path, bm.RunSpec("syn", data.path, "mkmsr-rn", 1, over, train), data) is None
+    spec = bm.RunSpec("syn", data.path, "mkmsr-rn", 0, over, train)
+    assert bm._training_donor(tmp_path, spec, data) == donor.run_dir(tmp_path)
+    got, trained = bm.run_one(tmp_path, spec, data)
+    assert trained and bm._same_run(spec.run_dir(tmp_path), spec, data)
+    assert "match_alpha" in got["tuned_on_validation"]
+    fresh = Trainer(data, "mkmsr-rn", over, TrainConfig(**train, seed=0), tmp_path / "fresh", progress=False).fit()
+    for key in ("valid", "test", "tuned_on_validation", "best_epoch", "epochs_run"):
+        assert got[key] == fresh[key], key
+    assert read_json(spec.run_dir(tmp_path) / "config.json")["model"] == "mkmsr-rn"
+    # the donor is untouched, and the reused run is read back as finished
+    assert bm._same_run(donor.run_dir(tmp_path), donor, data)
+    again, trained = bm.run_one(tmp_path, spec, data)
+    assert not trained and again["test"] == got["test"]

@@ -233,6 +233,32 @@ def test_knowledge_match_component(synthetic_data):
     assert "match_alpha" in m.calibration_grid()
 
 
+def test_knowledge_match_takes_its_share_of_the_explore_mass_only(synthetic_data):
+    """match_share="explore" (default): p'(i) = pi_r p_rep(i) + pi_e [(1 - g) softmax(e)(i) + g q(i)],
+    q the softmax of match_tau * match over the matching cold items: P(repeat) is untouched, so
+    session items keep the repeat mass they had without the component. "all": (1 - g) p + g q."""
+    m, data = fitted(synthetic_data, match_alpha=0.0, match_beta=0.5, match_tau=2.0)
+    b = some_batch(data, 9)
+    with torch.no_grad():
+        lp = m.score(b)[:, 1:]
+        P = m._parts(b, m.scoring_vectors(), own_excluded=False)
+        raw, cols = m.knowledge_match(b)
+        m.config.match_share = "all"
+        lp_all = m.score(b)[:, 1:]
+        m.config.match_share = "explore"
+    assert m.components == ["explore", "repeat"]
+    pi = P["log_pi"].exp()
+    g = torch.sigmoid(0.0 + 0.5 * raw.amax(1, keepdim=True)) * (raw > 0).any(1, keepdim=True)
+    x = torch.where(raw > 0, 2.0 * raw, torch.full_like(raw, float("-inf")))
+    q = torch.zeros_like(lp).index_copy(1, cols, torch.nan_to_num(torch.softmax(x, dim=1)))
+    p_e = torch.softmax(P["explore"], dim=1)
+    want = pi[:, 1:2] * P["p_rep"][:, 1:] + pi[:, :1] * ((1 - g) * p_e + g * q)
+    assert bool(g.gt(0.01).any())
+    assert torch.allclose(lp.exp(), want, atol=1e-6)
+    plain = pi[:, :1] * p_e + pi[:, 1:2] * P["p_rep"][:, 1:]
+    assert torch.allclose(lp_all.exp(), (1 - g) * plain + g * q, atol=1e-6)
+
+
 def test_serving_ranks_cold_items_by_knowledge_match_as_evaluate_does(synthetic_data, tmp_path):
     """The default cold_items="match" with the component on: Recommender (what ``mkmsr serve``
     answers with) ranks exactly as model.score, cold items from the knowledge match included."""

@@ -21,6 +21,7 @@ The loop knows no model by name; models are built from the registry in
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -49,6 +50,18 @@ class SessionModel(nn.Module):
     @property
     def uses_knowledge(self) -> bool:
         return False
+
+    @classmethod
+    def training_identity(cls, config: dict) -> dict:
+        """The part of a configuration (``dataclasses.asdict`` / JSON form) that training depends
+        on: two configurations with the same identity train the same weights from the same seed,
+        and differ only after training (calibration, inference-time components). Options with
+        field metadata ``execution_only`` (how, not what, is computed) or ``inference_only`` are
+        left out. The benchmark reuses a finished run's training for such a configuration
+        (:meth:`mkmsr.training.train.Trainer.refinish`)."""
+        skip = {f.name for f in dataclasses.fields(cls.Config)
+                if f.metadata.get("execution_only") or f.metadata.get("inference_only")}
+        return {k: v for k, v in config.items() if k not in skip}
 
     # ---- to implement ----------------------------------------------------------------------
     def encode(self, batch: Batch) -> torch.Tensor:

@@ -103,7 +103,7 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights
     gate_shift: float = 0.0        # + the gate logit of the repeat component
     cold_shift: float = 0.0        # + the gate logit of the cold-item component
-    calibrate: bool = True
+    calibrate: bool = field(default=True, metadata={"inference_only": True})
     cold_items: str = "match"      # match (default): as "attributes", plus the knowledge-match component
                                    # below (inference only: training is that of "attributes") |
                                    # attributes: never-trained items are scored by their attribute
@@ -111,11 +111,19 @@ class MKMSRRNConfig(MKMSRConfig):
                                    # same vectors, ranked in a third mixture component of their own | id:
                                    # as warm items (their untrained id embedding included)
     # cold_items="match": the knowledge-match component (inference only; calibrated on validation)
-    match_alpha: float = -20.0     # gate logit of the component: sigmoid(alpha + beta * max match)
-    match_beta: float = 1.0
-    match_tau: float = 2.0         # temperature of the softmax over the matching cold items
-    match_idf: float = 0.0         # attribute value weight idf^match_idf (0: every shared attribute counts 1)
-    match_recency: float = 2.0     # session position weights exp(-(L - t) / match_recency)
+    match_alpha: float = field(default=-20.0, metadata={"inference_only": True})
+                                   # gate logit of the component: sigmoid(alpha + beta * max match)
+    match_beta: float = field(default=1.0, metadata={"inference_only": True})
+    match_tau: float = field(default=2.0, metadata={"inference_only": True})
+                                   # temperature of the softmax over the matching cold items
+    match_idf: float = field(default=0.0, metadata={"inference_only": True})
+                                   # attribute value weight idf^match_idf (0: every shared attribute counts 1)
+    match_recency: float = field(default=2.0, metadata={"inference_only": True})
+                                   # session position weights exp(-(L - t) / match_recency)
+    match_share: str = field(default="explore", metadata={"inference_only": True})
+                                   # explore: the component takes its share g of the explore
+                                   # component's mass only (P(repeat) untouched) | all: of the whole
+                                   # mixture (the first version: it pushed repeat targets down)
     id_dropout: float = 0.0        # training: share of items whose id part is zeroed per batch (with
                                    # "component" they are that batch's cold items)
 
@@ -132,6 +140,8 @@ class MKMSRRN(MKMSR):
             raise ValueError(f"cold_items must be 'attributes', 'component', 'match' or 'id', got {config.cold_items!r}")
         if config.cold_items != "id" and config.item_repr != "id+attributes":
             raise ValueError("cold_items='attributes' needs item_repr='id+attributes' (the attribute part)")
+        if config.match_share not in ("explore", "all"):
+            raise ValueError(f"match_share must be 'explore' or 'all', got {config.match_share!r}")
         if not 0.0 <= config.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {config.id_dropout}")
         if config.recency_buckets < 1:
@@ -162,6 +172,15 @@ class MKMSRRN(MKMSR):
         #: (split origin, own session excluded) -> CSR (indptr, cols, vals) of the normalised
         #: neighbourhood scores of every prefix of that split (fit_statistics, when nb_cache; not saved)
         self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
+
+    @classmethod
+    def training_identity(cls, config: dict) -> dict:
+        """cold_items "match" trains exactly as "attributes" (the match component is inference
+        only), so both map to one identity."""
+        ident = super().training_identity(config)
+        if ident.get("cold_items") == "match":
+            ident["cold_items"] = "attributes"
+        return ident
 
     def calibration_grid(self) -> dict[str, tuple]:
         """The inference-time options the trainer picks on validation after training (see the
@@ -344,10 +363,10 @@ class MKMSRRN(MKMSR):
     def logits(self, batch: Batch) -> torch.Tensor:
         """log p(i) of every item under the mixture (of the explore softmax when it is the only
         component); with ``cold_items="match"`` mixed with the knowledge-match component."""
-        lp = self._mixture_logits(batch)
-        if self.config.cold_items != "match" or self.training:
-            return lp
-        return self._with_knowledge_match(batch, lp)
+        match = self.config.cold_items == "match" and not self.training and self.config.match_alpha > -20.0
+        if match and self.config.match_share == "all":
+            return self._with_knowledge_match(batch, self._mixture_logits(batch))
+        return self._mixture_logits(batch, match=match)
 
     @torch.no_grad()
     def knowledge_match(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,11 +397,14 @@ class MKMSRRN(MKMSR):
                                      weight[self.attr_value[on_cold]], (cols.numel(), n_attr), check_invariants=False)
         return torch.sparse.mm(Ac.coalesce(), profile.T).T, cols                 # (B, n_cold)
 
-    def _with_knowledge_match(self, batch: Batch, lp: torch.Tensor) -> torch.Tensor:
-        """p'(i) = (1 - g) p(i) + g softmax_{cold i, match > 0}(match_tau * match(i)), with
+    def _with_knowledge_match(self, batch: Batch, lp: torch.Tensor,
+                              log_mass: torch.Tensor | None = None) -> torch.Tensor:
+        """p'(i) = (1 - g) p(i) + g m softmax_{cold i, match > 0}(match_tau * match(i)), with
         g = sigmoid(match_alpha + match_beta * max match) (0 when no cold item shares an attribute
-        with the session). Training prefixes never have cold targets, so every parameter here is
-        chosen on validation (``calibration_grid``), none learned."""
+        with the session) and m = exp(``log_mass``) (B, 1) the total mass of ``lp`` (1 when None:
+        ``lp`` is a whole distribution; with ``match_share="explore"`` it is the explore
+        component's, of mass pi_explore). Training prefixes never have cold targets, so every
+        parameter here is chosen on validation (``calibration_grid``), none learned."""
         c = self.config
         if c.match_alpha <= -20.0:
             return lp
@@ -397,18 +419,25 @@ class MKMSRRN(MKMSR):
         log_rest = torch.where(anyp, F.logsigmoid(-z), torch.zeros_like(z))
         x = torch.where(has, c.match_tau * raw, torch.full_like(raw, float("-inf")))
         lse = torch.logsumexp(x, dim=1, keepdim=True)
+        if log_mass is not None:
+            log_g = log_g + log_mass
         lc = torch.where(has, x - torch.where(anyp, lse, torch.zeros_like(lse)) + log_g, torch.full_like(x, float("-inf")))
         out = lp + log_rest
         return out.index_copy(1, cols, torch.logaddexp(out[:, cols], lc))
 
-    def _mixture_logits(self, batch: Batch) -> torch.Tensor:
+    def _mixture_logits(self, batch: Batch, match: bool = False) -> torch.Tensor:
+        """log p(i) of the mixture; ``match``: with the knowledge-match component sharing the
+        explore component's mass (``match_share="explore"``)."""
         V = self.scoring_vectors()
         P = self._parts(batch, V, own_excluded=False)
         if len(self.components) == 1:
-            return self._log_softmax(P["explore"])
+            lp = self._log_softmax(P["explore"])
+            return self._with_knowledge_match(batch, lp) if match else lp
         idx = {c: i for i, c in enumerate(self.components)}
         log_pi = P["log_pi"]
         lp = self._log_softmax(P["explore"]) + log_pi[:, idx["explore"], None]
+        if match:
+            lp = self._with_knowledge_match(batch, lp, log_mass=log_pi[:, idx["explore"], None])
         if "cold" in P and P["cold_idx"].numel():
             # the explore component is -inf on the cold columns: they hold the cold term alone
             lp = lp.index_copy(1, P["cold_idx"], self._log_softmax(P["cold"]) + log_pi[:, idx["cold"], None])

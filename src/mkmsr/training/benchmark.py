@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import torch
 from ..data.dataset import PreparedData
 from ..errors import ConfigError
 from .evaluate import evaluate
-from ..fsutil import atomic_write_text, read_json, write_json
+from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from ..models import MODELS, build_model, make_config, model_names
 from .train import TrainConfig, Trainer
 
@@ -150,6 +151,33 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
             and saved_train == want_train and saved.get("dataset_sha256") == data.content_hash)
 
 
+def _training_donor(out: Path, spec: RunSpec, data: PreparedData) -> Path | None:
+    """A finished run (this run's own folder first, then the same dataset and seed of any model of
+    the same class) whose training is this run's: same training identity
+    (:meth:`SessionModel.training_identity`), training options and data; None when there is none."""
+    cls = MODELS[spec.model][0]
+    if not cls.trainable:
+        return None
+    want_model = cls.training_identity(_as_json(dataclasses.asdict(make_config(spec.model, spec.model_overrides))))
+    want_train = _as_json(dataclasses.asdict(spec.train_config()))
+    own = spec.run_dir(out)
+    base = own.parent.parent
+    others = sorted(base.glob(f"*/seed{spec.seed}")) if base.is_dir() else []
+    for rd in [own] + [d for d in others if d != own]:
+        cfg_path, state = rd / "config.json", rd / "state" / "trainer.json"
+        if not (rd / "metrics.json").exists() or not cfg_path.exists() or not state.exists() \
+                or not (rd / "best" / "model.pt").exists():
+            continue
+        saved = read_json(cfg_path)
+        if MODELS.get(saved.get("model"), (None,))[0] is not cls or saved.get("dataset_sha256") != data.content_hash:
+            continue
+        saved_model = _complete(saved.get("model_config"), _as_json(dataclasses.asdict(cls.Config())))
+        saved_train = _complete(saved.get("train_config"), _as_json(dataclasses.asdict(TrainConfig())))
+        if cls.training_identity(saved_model) == want_model and saved_train == want_train:
+            return rd
+    return None
+
+
 def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | None = None,
             progress: bool = False, train: bool = True,
             tensorboard_dir: str | Path | None = None) -> tuple[dict | None, bool]:
@@ -162,6 +190,24 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
         return read_json(rd / "metrics.json"), False
     if not train:
         return None, False
+    donor = _training_donor(out, spec, data)
+    if donor is not None:
+        # a finished run with the same training (it differs in inference-time options only):
+        # reuse its weights, redo what follows training (calibration, figures)
+        with cpu_lock(lock):
+            if donor != rd:
+                (rd / "metrics.json").unlink(missing_ok=True)
+                with atomic_dir(rd, overwrite=True) as tmp:
+                    for name in ("best", "state"):
+                        shutil.copytree(donor / name, tmp / name)
+                    for name in ("log.jsonl", "config.json"):
+                        if (donor / name).exists():
+                            shutil.copyfile(donor / name, tmp / name)
+            else:
+                (rd / "metrics.json").unlink(missing_ok=True)
+            m = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress).refinish()
+        log.info("%s %s seed %d: training reused from %s", spec.dataset, spec.model, spec.seed, donor)
+        return m, True
     resume = (rd / "state" / "trainer.json").exists() and (rd / "config.json").exists()
     if resume:
         saved = read_json(rd / "config.json")

@@ -57,7 +57,7 @@ from ..errors import ConfigError, TrainingDiverged
 from .evaluate import evaluate, metrics_from_counts, split_rank_counts
 from .metrics import NonFiniteScoreError
 from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
-from ..models import build_model, make_config
+from ..models import MODELS, build_model, make_config
 from ..models.base import SessionModel
 from ..models.scoring import LOSSES, PRECISIONS, SAMPLERS, batch_sr_loss, check_precision, training_loss
 
@@ -464,6 +464,50 @@ class Trainer:
         if dist is not None:
             dist.broadcast_parameters(model)
         return self._finish(model, state["best_epoch"], state["epoch"], state["stopped_early"], state["train_seconds"])
+
+    def refinish(self) -> dict:
+        """Finish a finished run again under this Trainer's model configuration, without training:
+        allowed when the run's configuration has the same training identity
+        (:meth:`SessionModel.training_identity`: it differs only in inference-time options such
+        as a calibration grid or an inference-only component), the same training configuration
+        and the same data. Loads the run's validation-selected weights (``best/``), then does what
+        the end of :meth:`fit` does: calibration on validation from this configuration's values,
+        validation and test figures, ``metrics.json``; training figures (epochs, time, per-epoch
+        log) are the run's. Raises ConfigError when the run cannot be reused."""
+        out = self.out_dir
+        if out is None:
+            raise ConfigError("refinish needs the run's output folder")
+        state_path = out / "state" / "trainer.json"
+        if not state_path.exists() or not (out / "best" / "model.pt").exists():
+            raise ConfigError(f"cannot refinish {out}: it holds no trained run (state/trainer.json, best/model.pt)")
+        saved = read_json(state_path)
+        run = saved["run"]
+        mine = json.loads(json.dumps(self._run_config(), default=list))
+        cls = MODELS[self.model_name][0]
+        # an option added after the run was trained counts as its default (the behaviour it had)
+        as_json = lambda obj: json.loads(json.dumps(dataclasses.asdict(obj), default=list))  # noqa: E731
+        run_model = {**as_json(cls.Config()), **run["model_config"]}
+        run_train = {**as_json(TrainConfig()), **run["train_config"]}
+        finished = saved.get("stopped_early") or saved.get("epoch", 0) >= int(run_train["epochs"])
+        same = (MODELS.get(run["model"], (None,))[0] is cls
+                and cls.training_identity(run_model) == cls.training_identity(mine["model_config"])
+                and run_train == mine["train_config"] and run["dataset_sha256"] == mine["dataset_sha256"])
+        if not same or not finished:
+            raise ConfigError(f"cannot refinish {out}: its training differs from this configuration's"
+                              if not same else f"cannot refinish {out}: its training has not finished")
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        model = self._build()
+        model.load_state_dict(torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True))
+        model.eval()
+        self.history = saved.get("history", [])
+        if self.main:
+            write_json(out / "config.json", self._run_config())
+            write_json(state_path, {**saved, "run": self._run_config()})
+        log.info("%s: reusing the training of %s (same training identity); finishing under the new options",
+                 self.model_name, out)
+        return self._finish(model, saved["best_epoch"], saved["epoch"], bool(saved.get("stopped_early")),
+                            float(saved.get("train_seconds", 0.0)))
 
     def _softmax_loss(self, model: SessionModel):
         """The replacement SR loss of ``precision`` / ``loss`` (mkmsr.models.scoring.training_loss),
