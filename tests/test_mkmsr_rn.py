@@ -57,13 +57,29 @@ def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
 
 def test_loss_equals_the_nll_of_the_scores(synthetic_data):
     for over in ({}, {"cold_items": "component", "id_dropout": 0.1}, {"repeat": False}, {"cold_items": "id"},
-                 {"neighbours": False}, {"cold_items": "component", "repeat": False}):
+                 {"neighbours": False}, {"cold_items": "component", "repeat": False}, {"explore_new_only": True}):
         m, data = fitted(synthetic_data, **over)
         b = some_batch(data, 12)
         with torch.no_grad():
             loss = m.sr_loss(b)
             lp = m.score(b)
         assert torch.allclose(loss, -lp.gather(1, b.targets[:, None]).mean(), atol=1e-5), over
+
+
+def test_explore_new_only_leaves_the_session_items_to_the_repeat_component(synthetic_data):
+    """RepeatNet's split: explore over the items outside the session, p(i) = pi_r p_rep(i) for a
+    session item and pi_e softmax_new(e)(i) for the others."""
+    m, data = fitted(synthetic_data, explore_new_only=True, cold_items="attributes")
+    b = some_batch(data, 9)
+    with torch.no_grad():
+        lp = m.score(b)[:, 1:]
+        P = m._parts(b, m.scoring_vectors(), own_excluded=False)
+    inside = torch.zeros(len(b), data.spec.n_items + 1, dtype=torch.bool).scatter_(1, b.items, b.mask)[:, 1:]
+    assert torch.isinf(P["explore"][inside]).all() and torch.isfinite(P["explore"][~inside]).all()
+    pi = P["log_pi"].exp()
+    want = pi[:, :1] * torch.softmax(P["explore"], dim=1) + pi[:, 1:2] * P["p_rep"][:, 1:]
+    assert torch.allclose(lp.exp(), want, atol=1e-6)
+    assert torch.allclose(lp.exp()[inside].sum(), (pi[:, 1] ).sum(), atol=1e-5)
 
 
 def test_a_training_step_is_finite_and_dropped_ids_are_that_steps_cold_items(synthetic_data):

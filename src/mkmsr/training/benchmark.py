@@ -66,8 +66,7 @@ TUNING_GRIDS: dict[str, dict[str, list]] = {
 #: add only the validation-tuned repeat boost, which the trainer picks after fitting)
 TUNE_AS = {"v-sknn-remind": "v-sknn", "stan-remind": "stan"}
 #: models with a STAN inside (its ``nb_*`` options): they get STAN's validation-tuned options
-NEIGHBOURHOOD_OF = {name: "stan" for name in ("mkmsr-rn", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold",
-                                              "mkmsr-rn-no-ops", "mkmsr-rn-no-match", "mkmsr-rn-cold-component")}
+NEIGHBOURHOOD_OF = {name: "stan" for name, (cls, _) in MODELS.items() if cls.__name__ == "MKMSRRN"}
 
 #: per-model training defaults that differ from the shared ones (each from the model's own code)
 #: per-model training overrides. Empty on purpose: SR-GNN's code decays the lr x 0.1 every
