@@ -18,8 +18,6 @@ from . import __version__
 from .errors import ConfigError, MkmsrError
 from .tables import METRIC_COLUMNS, format_table
 
-log = logging.getLogger("mkmsr")
-
 
 # --------------------------------------------------------------------------------------------
 # helpers
