@@ -185,3 +185,11 @@ def test_a_run_differing_in_inference_options_only_reuses_a_finished_training(sy
     assert bm._same_run(donor.run_dir(tmp_path), donor, data)
     again, trained = bm.run_one(tmp_path, spec, data)
     assert not trained and again["test"] == got["test"]
+    # a run calibrated over an older grid (an axis missing) is finished again, without training
+    mp = spec.run_dir(tmp_path) / "metrics.json"
+    old = read_json(mp)
+    del old["tuned_on_validation"]["calibration_grid"], old["tuned_on_validation"]["repeat_recency"]
+    mp.write_text(json.dumps(old))
+    assert not bm._same_run(spec.run_dir(tmp_path), spec, data)
+    redone, trained = bm.run_one(tmp_path, spec, data)
+    assert trained and redone["test"] == got["test"] and bm._same_run(spec.run_dir(tmp_path), spec, data)

@@ -1,6 +1,8 @@
 """mkmsr-rn (issue 9's lead model): the mixture equation, the two code paths that compute it, the
 own-session exclusion of the neighbourhood on training prefixes, attribute-only cold items, and
 the validation calibration. tests/test_model_contract.py runs the shared contract on it."""
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -298,3 +300,28 @@ def test_serving_ranks_cold_items_by_knowledge_match_as_evaluate_does(synthetic_
         assert bool((want[r, got] >= kth - 1e-4).all()), (r, got, top)
         n_cold_top += int(cold[got].sum())
     assert n_cold_top > 0      # the component did put cold items in the served top 20
+
+
+def test_repeat_recency_tilts_the_repeat_attention_at_inference_only(synthetic_data):
+    """repeat_recency kappa: alpha_t ∝ exp(a_t - kappa (L - 1 - t)) at inference; training ignores
+    it (an inference-only option); a large kappa orders the session's items by last occurrence."""
+    m, data = fitted(synthetic_data)
+    b = some_batch(data, 9)
+    with torch.no_grad():
+        base = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.config.repeat_recency = 50.0
+        tilted = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.train()
+        trained = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.eval()
+    assert torch.allclose(trained, base, atol=1e-6) and not torch.allclose(tilted, base)
+    assert torch.allclose(tilted.sum(1), torch.ones(len(b)), atol=1e-5)
+    for r in range(len(b)):
+        L = int(b.lengths[r])
+        seq = b.items[r, :L].tolist()
+        last_pos = {i: t for t, i in enumerate(seq)}
+        order = sorted(last_pos, key=lambda i: -last_pos[i])
+        vals = tilted[r, order]
+        assert bool((vals[:-1] >= vals[1:]).all()), (seq, vals)
+    assert "repeat_recency" in m.calibration_grid()
+    assert "repeat_recency" not in type(m).training_identity(dataclasses.asdict(m.config))

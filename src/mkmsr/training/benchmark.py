@@ -147,7 +147,24 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
     saved_model = {k: v for k, v in saved_model.items() if k not in how}
     want_model = {k: v for k, v in want_model.items() if k not in how}
     return (saved.get("model") == spec.model and saved_model == want_model
-            and saved_train == want_train and saved.get("dataset_sha256") == data.content_hash)
+            and saved_train == want_train and saved.get("dataset_sha256") == data.content_hash
+            and _calibrated_alike(run_dir, spec, data, cfg))
+
+
+def _calibrated_alike(run_dir: Path, spec: RunSpec, data: PreparedData, cfg) -> bool:
+    """A model calibrated on validation after training (``calibration_grid``) was calibrated over
+    today's grid: a run from before an axis or a value was added is finished again
+    (:meth:`Trainer.refinish`, no training)."""
+    cls = MODELS[spec.model][0]
+    if not hasattr(cls, "calibration_grid"):
+        return True
+    grid = build_model(spec.model, data.spec, config=cfg).calibration_grid()
+    if not grid:
+        return True
+    tuned = read_json(run_dir / "metrics.json").get("tuned_on_validation") or {}
+    if "calibration_grid" in tuned:
+        return tuned["calibration_grid"] == _as_json(grid)
+    return set(grid) <= set(tuned)
 
 
 def _training_donor(out: Path, spec: RunSpec, data: PreparedData) -> Path | None:

@@ -618,7 +618,8 @@ class Trainer:
         if self.out_dir is not None and self.main and model.trainable:
             save_checkpoint(self.out_dir / "best", model, self.model_name, self.data,
                             {"epoch": best_epoch, "train_config": dataclasses.asdict(self.config)})
-        return {**cur, f"valid_{select}_by_calibration": seen}
+        return {**cur, f"valid_{select}_by_calibration": seen,
+                "calibration_grid": {k: list(v) for k, v in grid.items()}}
 
     def _finish(self, model: SessionModel, best_epoch: int, epochs_run: int, stopped_early: bool,
                 t_train: float) -> dict:
