@@ -325,3 +325,23 @@ def test_repeat_recency_tilts_the_repeat_attention_at_inference_only(synthetic_d
         assert bool((vals[:-1] >= vals[1:]).all()), (seq, vals)
     assert "repeat_recency" in m.calibration_grid()
     assert "repeat_recency" not in type(m).training_identity(dataclasses.asdict(m.config))
+
+
+def test_explore_neural_scales_the_neural_term_at_inference_only(synthetic_data):
+    """explore_neural = 0: the explore logits are the neighbourhood features alone; training
+    ignores the option (inference only, calibrated on validation)."""
+    m, data = fitted(synthetic_data)
+    b = some_batch(data, 9)
+    with torch.no_grad():
+        full = m._parts(b, m.scoring_vectors(), own_excluded=False)["explore"]
+        m.config.explore_neural = 0.0
+        nb_only = m._parts(b, m.scoring_vectors(), own_excluded=False)["explore"]
+        m.train()
+        trained = m._parts(b, m.scoring_vectors(), own_excluded=False)["explore"]
+        m.eval()
+    r, c, v = m._neighbourhood(b, own_excluded=False)
+    w = m.nb_weight.detach() * 8.0 * m.config.nb_multiplier
+    want = torch.zeros_like(nb_only).index_put((r, c), w[0] * v + w[1] * (torch.log1p(v / 0.01) / np.log1p(100.0)) + w[2],
+                                              accumulate=True)
+    assert torch.allclose(nb_only, want, atol=1e-5) and torch.allclose(trained, full, atol=1e-5)
+    assert "explore_neural" in m.calibration_grid()

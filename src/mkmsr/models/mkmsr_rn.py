@@ -49,7 +49,8 @@ Inference-time calibration (``calibration_grid``): the mixture weights learned o
 prefixes lean towards the neural term, which has memorised them, and the share of cold targets
 differs between training (``id_dropout``) and deployment; a multiplier of the neighbourhood
 weights and shifts of the gate logits are therefore chosen on validation after training (held-out
-stacking; the test split is never looked at). So is a recency tilt of the repeat attention
+stacking; the test split is never looked at). So are a weight of the neural term in the explore
+logits (``explore_neural``; 0 leaves the explore ranking to the neighbourhood evidence) and a recency tilt of the repeat attention
 (``repeat_recency``): trained on prefixes, the attention orders a session's items much as
 count-then-recency does (Demo(N) seed 0, repeat targets ranked among the session's items: MRR
 69.60 vs 69.41 for count-then-recency), while the JD test periods reward pure recency (S-POP's
@@ -112,6 +113,9 @@ class MKMSRRNConfig(MKMSRConfig):
     nb_multiplier: float = 1.0     # x the learned neighbourhood weights
     gate_shift: float = 0.0        # + the gate logit of the repeat component
     cold_shift: float = 0.0        # + the gate logit of the cold-item component
+    explore_neural: float = field(default=1.0, metadata={"inference_only": True})
+                                   # at inference, x the neural (cosine) term of the explore logits
+                                   # (0: the explore component ranks by the neighbourhood evidence alone)
     repeat_recency: float = field(default=0.0, metadata={"inference_only": True})
                                    # kappa: at inference the repeat attention logit of the position
                                    # k steps from the end gets - kappa * k (0: as trained). Large kappa
@@ -204,6 +208,7 @@ class MKMSRRN(MKMSR):
         grid: dict[str, tuple] = {}
         if self.config.neighbours:
             grid["nb_multiplier"] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+            grid["explore_neural"] = (0.0, 0.25, 0.5, 1.0)
         if self.config.repeat:
             grid["gate_shift"] = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
             grid["repeat_recency"] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -331,6 +336,8 @@ class MKMSRRN(MKMSR):
             s = self.config.score_scale * F.normalize(s_raw, dim=-1)
         neural = s @ V[1:].T                                                     # (B, n)
         e = neural
+        if self.config.explore_neural != 1.0 and not self.training:
+            e = neural * self.config.explore_neural
         if self.config.neighbours:
             # every feature is 0 where n = 0: computed on the (few) nonzero entries only
             r, c, v = self._neighbourhood(batch, own_excluded)
