@@ -95,7 +95,8 @@ def tuning_of(work: Path, label: str, model: str) -> str:
         return f"optuna {b['trials']} trials" + (f" / {b['minutes']:g} min" if b.get("minutes") else "")
     base = bm.TUNE_AS.get(model, model)
     if base in bm.TUNING_GRIDS or model in bm.NEIGHBOURHOOD_OF:
-        return "grid" + (" (nb_* from STAN's)" if model in bm.NEIGHBOURHOOD_OF else "")
+        return "grid" + (" (nb_* from STAN's)" if model in bm.NEIGHBOURHOOD_OF else "") + (
+            " + calibration on validation" if hasattr(bm.MODELS[model][0], "calibration_grid") else "")
     return "paper defaults"
 
 
