@@ -59,7 +59,8 @@ def test_scores_are_the_log_of_the_three_way_mixture(synthetic_data):
 
 def test_loss_equals_the_nll_of_the_scores(synthetic_data):
     for over in ({}, {"cold_items": "component", "id_dropout": 0.1}, {"repeat": False}, {"cold_items": "id"},
-                 {"neighbours": False}, {"cold_items": "component", "repeat": False}, {"explore_new_only": True}):
+                 {"neighbours": False}, {"cold_items": "component", "repeat": False}, {"explore_new_only": True},
+                 {"explore_core": "add"}, {"explore_core": "only"}):
         m, data = fitted(synthetic_data, **over)
         b = some_batch(data, 12)
         with torch.no_grad():

@@ -94,6 +94,16 @@ class MKMSRRNConfig(MKMSRConfig):
     # the three parts
     repeat: bool = True            # learned repeat/explore mixture (False: explore logits only)
     recency_buckets: int = 10      # R: positions from the end 0..R-2, then one shared bucket
+    explore_core: str = ""         # "add": + a CORE-trm encoder's cos / tau (Hou et al. SIGIR 2022;
+                                   # mkmsr.models.core) in the explore logits, trained jointly (0 on cold
+                                   # items: untrained rows) | "only": it replaces the MKM-SR cosine there
+                                   # (the micro-behaviour encoder still drives the repeat component and
+                                   # the gate) | "": off. On the Demo, seed 0: "add" 12.74 validation
+                                   # MRR@20 before calibration (epoch 1) vs 12.81 without; "only"
+                                   # 12.87, after calibration 13.149 vs 13.150 (test 41.20 / 18.23 vs
+                                   # 40.94 / 18.27): the calibration weights the neural term down
+                                   # (explore_neural 0.25) and early stopping keeps epoch 1, before
+                                   # CORE has learned (CORE alone peaks at epoch 10). Not the default
     explore_new_only: bool = False  # RepeatNet's explore mode: the explore component ranges over the
                                    # items not in the session (the repeat component alone scores those).
                                    # On the Demo (seed 0) it lost 1.9 points of validation MRR@20
@@ -177,6 +187,11 @@ class MKMSRRN(MKMSR):
             nn.init.normal_(self.rep_pos.weight, 0.0, config.init_std)
         if len(self.components) > 1:
             self.gate = nn.Linear(d + m, len(self.components))
+        if config.explore_core not in ("", "add", "only"):
+            raise ValueError(f"explore_core must be '', 'add' or 'only', got {config.explore_core!r}")
+        if config.explore_core:
+            from .core import CORE, COREConfig
+            self.core = CORE(COREConfig(dim=d), spec)
         if config.neighbours:
             self.stan = STAN(STANConfig(k=config.nb_k, sample_size=config.nb_sample_size,
                                         lambda_spw=config.nb_lambda_spw, lambda_snh=config.nb_lambda_snh,
@@ -335,6 +350,13 @@ class MKMSRRN(MKMSR):
         if self.config.scoring == "cosine":
             s = self.config.score_scale * F.normalize(s_raw, dim=-1)
         neural = s @ V[1:].T                                                     # (B, n)
+        if self.config.explore_core:
+            E = self.core.item_embedding.weight[1:]
+            if self.training:
+                E = self.core.item_drop(E)
+            core = self.core.session_vectors(batch) @ F.normalize(E, dim=-1).T      # cos / tau
+            core = core * self.warm[1:][None, :]
+            neural = core if self.config.explore_core == "only" else neural + core
         e = neural
         if self.config.explore_neural != 1.0 and not self.training:
             e = neural * self.config.explore_neural
