@@ -532,7 +532,7 @@ def results_markdown(results: dict, paper: dict | None = None) -> str:
                      fmt_ms(r["best_over_epochs"]["hit@20"], det) if not det else "n/a (no epochs)",
                      fmt_ms(r["best_over_epochs"]["mrr@20"], det) if not det else "n/a (no epochs)"]
             if r.get("tuned_after_training") and not det:
-                cells[6] = cells[7] = "n/a (boost tuned after training)"
+                cells[6] = cells[7] = "n/a (tuned after training)"
             if paper and label in paper:
                 p = paper[label].get(model)
                 cells += [f"{p[0]:.3f}" if p else "–", f"{p[1]:.3f}" if p else "–"]
