@@ -107,13 +107,13 @@ class SRLoss(nn.Module):
         self.softmax = softmax  # a replacement SR loss (mkmsr.models.scoring.training_loss) or None
 
     def forward(self, batch, triplets: torch.Tensor | None = None, weights: torch.Tensor | None = None,
-                kg_weight: float = 0.0, rng=None) -> torch.Tensor:
-        """L_S of ``batch``; with ``triplets`` (joint strategy, Eq. 16) + lambda_1 * L_K / B.
-        ``rng``: the epoch's generator (the sampled softmax draws its negatives from it: every
-        rank draws the same ones)."""
+                kg_weight: float = 0.0, rng=None, corrupt_tails: torch.Tensor | None = None) -> torch.Tensor:
+        """L_S of ``batch``; with ``triplets`` (joint strategy, Eq. 16) + lambda_1 * L_K / B
+        (``corrupt_tails``: the negatives of a margin knowledge loss). ``rng``: the epoch's
+        generator (the sampled softmax draws its negatives from it: every rank draws the same ones)."""
         loss = batch_sr_loss(self.model, batch, self.softmax, rng)
         if triplets is not None:
-            loss = loss + kg_weight * self.model.kg_loss(triplets, weights) / len(batch)
+            loss = loss + kg_weight * self.model.kg_loss(triplets, weights, corrupt_tails=corrupt_tails) / len(batch)
         return loss
 
 

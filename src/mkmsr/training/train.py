@@ -357,19 +357,24 @@ class Trainer:
                     idx = dist.shard(idx)  # this rank's slice of the global batch
                 b = make_batch(arr, sess[idx], prefix[idx], c.max_len)
                 b.train_sessions = torch.from_numpy(sess[idx].astype(np.int64))
+                neg = None
                 if joint:
                     trip, w = kgs.batch_triplets(b)
+                    if margin and trip.shape[0]:
+                        # the margin TransH loss (MKM-SR+, MKM-SR-RN) needs a corrupted tail per triplet
+                        neg = torch.from_numpy(kgs.corrupt_tails(trip, rng)).to(self.device)
                 b = b.to(self.device)
                 if dist is not None:
                     # DDP averages the slices' mean-loss gradients: the global batch's gradient
                     loss = ddp(b, *((torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device),
-                                     c.kg_weight) if joint and trip.shape[0] else ()), rng=rng)
+                                     c.kg_weight) if joint and trip.shape[0] else ()), rng=rng, corrupt_tails=neg)
                     sr_sum += float(loss.detach())
                 else:
                     loss = batch_sr_loss(model, b, softmax, rng)
                     sr_sum += float(loss.detach())
                     if joint and trip.shape[0]:
-                        kl = model.kg_loss(torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device))
+                        kl = model.kg_loss(torch.from_numpy(trip).to(self.device), torch.from_numpy(w).to(self.device),
+                                           corrupt_tails=neg)
                         kg_sum += float(kl.detach())
                         kg_steps += 1
                         loss = loss + c.kg_weight * kl / len(b)
