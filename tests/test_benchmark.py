@@ -193,3 +193,25 @@ def test_a_run_differing_in_inference_options_only_reuses_a_finished_training(sy
     assert not bm._same_run(spec.run_dir(tmp_path), spec, data)
     redone, trained = bm.run_one(tmp_path, spec, data)
     assert trained and redone["test"] == got["test"] and bm._same_run(spec.run_dir(tmp_path), spec, data)
+
+
+def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(synthetic_data, tmp_path):
+    """mkmsr-rn trains its explore expert (CORE) with its own training options first; in the
+    benchmark that is exactly CORE's row for the same dataset and seed, so a finished CORE run is
+    copied into RUN/expert instead of trained again (its per-epoch log, timings included, is the
+    row's), and the expert's figures are the row's."""
+    data = PreparedData(synthetic_data)
+    train = {"epochs": 2, "patience": 2, "threads": 1}
+    core = bm.RunSpec("syn", data.path, "core", 0, {}, train)
+    row, _ = bm.run_one(tmp_path, core, data)
+    spec = bm.RunSpec("syn", data.path, "mkmsr-rn", 0, {"dim": 8}, train)
+    got, trained = bm.run_one(tmp_path, spec, data)
+    rd, cd = spec.run_dir(tmp_path), core.run_dir(tmp_path)
+    assert trained and (rd / "expert" / "log.jsonl").read_text() == (cd / "log.jsonl").read_text()
+    assert got["explore_expert"]["test"] == row["test"]
+    # another seed has no finished CORE run: the expert is trained there, in the run's folder
+    other = bm.RunSpec("syn", data.path, "mkmsr-rn", 1, {"dim": 8}, train)
+    got1, _ = bm.run_one(tmp_path, other, data)
+    assert (other.run_dir(tmp_path) / "expert" / "metrics.json").exists()
+    assert not core.run_dir(tmp_path).with_name("seed1").exists()
+    assert got1["explore_expert"]["model"] == "core"

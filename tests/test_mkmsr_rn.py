@@ -346,3 +346,71 @@ def test_explore_neural_scales_the_neural_term_at_inference_only(synthetic_data)
                                               accumulate=True)
     assert torch.allclose(nb_only, want, atol=1e-5) and torch.allclose(trained, full, atol=1e-5)
     assert "explore_neural" in m.calibration_grid()
+
+
+def test_the_explore_expert_adds_its_weighted_scores_on_warm_items_at_inference_only(synthetic_data):
+    """e(i) += expert_weight * expert(i) on warm items (the expert never trained a cold item's row),
+    at inference only; weight 0 (the default until calibration) leaves the scores as without one."""
+    m, data = fitted(synthetic_data, repeat=False, cold_items="attributes")
+    plain, _ = fitted(synthetic_data, repeat=False, cold_items="attributes", explore_expert="")
+    assert plain.expert is None and m.expert is not None
+    assert not any(p.requires_grad for p in m.expert.parameters())
+    b = some_batch(data)
+    with torch.no_grad():
+        base = m.score(b)[:, 1:]
+        assert torch.equal(base, plain.score(b)[:, 1:])   # the mixture's initialisation is unchanged
+        x = m.expert.logits(b)
+        m.config.expert_weight = 2.0
+        lp = m.score(b)[:, 1:]
+    warm = torch.from_numpy(data.item_train_count[1:] > 0)
+    assert (~warm).any()
+    d = lp - base - 2.0 * x * warm          # what is left is each row's log-normaliser
+    assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-4)
+    m.train()
+    b.train_sessions = None
+    assert torch.equal(m._parts(b, m.scoring_vectors(), False)["explore"],
+                       plain.train()._parts(b, plain.scoring_vectors(), False)["explore"])
+
+
+def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_without_one(synthetic_data, tmp_path):
+    """Trainer: the expert is the expert model's own run (same training options and seed, its own
+    validation early stopping) in RUN/expert, frozen inside the checkpoint; the mixture's training
+    (weights, selected epoch) equals mkmsr-rn-no-expert's; expert_weight is chosen on validation;
+    a checkpoint saved before the expert existed loads as a model without one."""
+    import json
+
+    from mkmsr.checkpoint import load_checkpoint
+    data = PreparedData(synthetic_data)
+    cfg = lambda: TrainConfig(epochs=2, patience=2, batch_size=64, seed=3, threads=1)  # noqa: E731
+    with_expert = Trainer(data, "mkmsr-rn", {"dim": 16}, cfg(), tmp_path / "rn", progress=False)
+    got = with_expert.fit()
+    plain = Trainer(data, "mkmsr-rn-no-expert", {"dim": 16}, cfg(), tmp_path / "plain", progress=False)
+    ref = plain.fit()
+    core = Trainer(data, "core", None, cfg(), tmp_path / "core", progress=False)
+    alone = core.fit()
+    assert got["explore_expert"]["test"] == alone["test"] and got["explore_expert"]["model"] == "core"
+    assert (tmp_path / "rn" / "expert" / "best" / "model.pt").exists()
+    exp_sd = with_expert.model.expert.state_dict()
+    assert all(torch.equal(v, core.model.state_dict()[k]) for k, v in exp_sd.items())
+    mine = {k: v for k, v in with_expert.model.state_dict().items() if not k.startswith("expert.")}
+    theirs = plain.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+    assert got["best_epoch"] == ref["best_epoch"]
+    assert "expert_weight" in got["tuned_on_validation"]["calibration_grid"]
+    assert "expert_weight" not in ref["tuned_on_validation"]["calibration_grid"]
+    # the checkpoint holds the expert and serves what the trained model scores
+    loaded, _ = load_checkpoint(tmp_path / "rn" / "best")
+    b = some_batch(data)
+    with_expert.model.eval().config.expert_weight = loaded.config.expert_weight = 1.5
+    with torch.no_grad():
+        assert torch.allclose(loaded.score(b), with_expert.model.score(b), atol=1e-5)
+    # a checkpoint from before the option: no expert
+    mj = tmp_path / "plain" / "best" / "model.json"
+    meta = json.loads(mj.read_text())
+    del meta["config"]["explore_expert"], meta["config"]["expert_weight"]
+    mj.write_text(json.dumps(meta))
+    old, _ = load_checkpoint(tmp_path / "plain" / "best")
+    assert old.expert is None
+    # resuming the finished run reuses its expert (no training) and gives the same figures
+    again = Trainer(data, "mkmsr-rn", {"dim": 16}, cfg(), tmp_path / "rn", progress=False).fit(resume=True)
+    assert again["test"] == got["test"] and again["explore_expert"]["epochs_run"] == got["explore_expert"]["epochs_run"]

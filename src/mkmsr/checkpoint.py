@@ -64,7 +64,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise DataError(f"checkpoint model {name!r} is not known to this mkmsr version; known: {', '.join(MODELS)}",
                         file=str(path / "model.json"))
     cls, _ = MODELS[name]
-    config = cls.Config(**meta["config"])
+    config = cls.Config(**cls.upgrade_config(meta["config"]))
     model = build_model(name, DatasetSpec(**meta["spec"]), config=config)
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)

@@ -59,6 +59,7 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-cold-component": (MKMSRRN, {"cold_items": "component", "id_dropout": 0.1}),
     "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False}),
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
+    "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)

@@ -51,6 +51,18 @@ class SessionModel(nn.Module):
     def uses_knowledge(self) -> bool:
         return False
 
+    #: options whose default changed after runs were saved with this model: option -> the value a
+    #: saved configuration without it had (its behaviour then); see :meth:`upgrade_config`
+    legacy_defaults: dict = {}
+
+    @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """A saved configuration (JSON form) as this version reads it: an option it lacks whose
+        default has changed since takes its old value (``legacy_defaults``), so an old checkpoint
+        or benchmark run keeps meaning what it meant; every other missing option takes today's
+        default where the caller completes it."""
+        return {**cls.legacy_defaults, **(saved or {})}
+
     @classmethod
     def training_identity(cls, config: dict) -> dict:
         """The part of a configuration (``dataclasses.asdict`` / JSON form) that training depends

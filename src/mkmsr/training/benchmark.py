@@ -140,7 +140,8 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
     cfg = make_config(spec.model, spec.model_overrides)
     want_model = _as_json(dataclasses.asdict(cfg))
     want_train = _as_json(dataclasses.asdict(spec.train_config()))
-    saved_model = _complete(saved.get("model_config"), _as_json(dataclasses.asdict(make_config(spec.model))))
+    saved_model = _complete(MODELS[spec.model][0].upgrade_config(saved.get("model_config")),
+                            _as_json(dataclasses.asdict(make_config(spec.model))))
     saved_train = _complete(saved.get("train_config"), _as_json(dataclasses.asdict(TrainConfig())))
     # options that change how, not what, a model computes (field metadata execution_only) may differ
     how = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("execution_only")}
@@ -187,11 +188,35 @@ def _training_donor(out: Path, spec: RunSpec, data: PreparedData) -> Path | None
         saved = read_json(cfg_path)
         if MODELS.get(saved.get("model"), (None,))[0] is not cls or saved.get("dataset_sha256") != data.content_hash:
             continue
-        saved_model = _complete(saved.get("model_config"), _as_json(dataclasses.asdict(cls.Config())))
+        saved_model = _complete(cls.upgrade_config(saved.get("model_config")), _as_json(dataclasses.asdict(cls.Config())))
         saved_train = _complete(saved.get("train_config"), _as_json(dataclasses.asdict(TrainConfig())))
         if cls.training_identity(saved_model) == want_model and saved_train == want_train:
             return rd
     return None
+
+
+def _seed_expert(out: Path, spec: RunSpec, data: PreparedData, rd: Path) -> None:
+    """A model with an explore expert (mkmsr-rn) trains the expert first, in ``RUN/expert``, with
+    the run's own training options (``Trainer._attach_expert``): that is exactly the expert
+    model's own run in this benchmark (its row: same dataset, seed, training options, data, its
+    default options), so where that run is finished it is copied there instead of trained again."""
+    name = getattr(make_config(spec.model, spec.model_overrides), "explore_expert", "")
+    dest = rd / "expert"
+    if not name or (dest / "metrics.json").exists():
+        return
+    sib = dataclasses.replace(spec, model=name, model_overrides={})
+    src = sib.run_dir(out)
+    if (_as_json(dataclasses.asdict(sib.train_config())) != _as_json(dataclasses.asdict(spec.train_config()))
+            or not _same_run(src, sib, data) or not (src / "state" / "trainer.json").exists()):
+        return
+    rd.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(dest, overwrite=True) as tmp:
+        for name_ in ("best", "state"):
+            shutil.copytree(src / name_, tmp / name_)
+        for name_ in ("config.json", "log.jsonl", "metrics.json", "test_ranks.npz"):
+            if (src / name_).exists():
+                shutil.copyfile(src / name_, tmp / name_)
+    log.info("%s %s seed %d: explore expert copied from %s", spec.dataset, spec.model, spec.seed, src)
 
 
 def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | None = None,
@@ -214,13 +239,15 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
             if donor != rd:
                 (rd / "metrics.json").unlink(missing_ok=True)
                 with atomic_dir(rd, overwrite=True) as tmp:
-                    for name in ("best", "state"):
-                        shutil.copytree(donor / name, tmp / name)
+                    for name in ("best", "state", "expert"):
+                        if name != "expert" or (donor / name).is_dir():
+                            shutil.copytree(donor / name, tmp / name)
                     for name in ("log.jsonl", "config.json"):
                         if (donor / name).exists():
                             shutil.copyfile(donor / name, tmp / name)
             else:
                 (rd / "metrics.json").unlink(missing_ok=True)
+            _seed_expert(out, spec, data, rd)
             m = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress).refinish()
         log.info("%s %s seed %d: training reused from %s", spec.dataset, spec.model, spec.seed, donor)
         return m, True
@@ -233,6 +260,7 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     # (the Trainer rewrites config.json first; an interruption would pair it with stale metrics)
     (rd / "metrics.json").unlink(missing_ok=True)
     with cpu_lock(lock):
+        _seed_expert(out, spec, data, rd)
         tr = Trainer(data, spec.model, spec.model_overrides, spec.train_config(), rd, progress=progress,
                      tensorboard_dir=tb)
         try:

@@ -295,6 +295,7 @@ class Trainer:
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(out / "config.json", self._run_config())
         model = self._build()
+        self._attach_expert(model)
         dist = self.dist
         softmax = self._softmax_loss(model)
         if not model.trainable:
@@ -491,7 +492,7 @@ class Trainer:
         cls = MODELS[self.model_name][0]
         # an option added after the run was trained counts as its default (the behaviour it had)
         as_json = lambda obj: json.loads(json.dumps(dataclasses.asdict(obj), default=list))  # noqa: E731
-        run_model = {**as_json(cls.Config()), **run["model_config"]}
+        run_model = {**as_json(cls.Config()), **cls.upgrade_config(run["model_config"])}
         run_train = {**as_json(TrainConfig()), **run["train_config"]}
         finished = saved.get("stopped_early") or saved.get("epoch", 0) >= int(run_train["epochs"])
         same = (MODELS.get(run["model"], (None,))[0] is cls
@@ -503,7 +504,13 @@ class Trainer:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         model = self._build()
-        model.load_state_dict(torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True))
+        best = torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True)
+        # a run trained before its model had an explore expert lacks the expert's weights (attached below)
+        missing, unexpected = model.load_state_dict(best, strict=False)
+        if unexpected or any(not k.startswith("expert.") for k in missing):
+            raise ConfigError(f"cannot refinish {out}: its weights do not fit this configuration "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self._attach_expert(model)
         model.eval()
         self.history = saved.get("history", [])
         if self.main:
@@ -513,6 +520,44 @@ class Trainer:
                  self.model_name, out)
         return self._finish(model, saved["best_epoch"], saved["epoch"], bool(saved.get("stopped_early")),
                             float(saved.get("train_seconds", 0.0)))
+
+    def _attach_expert(self, model: SessionModel) -> None:
+        """For a model with an explore expert (mkmsr-rn's ``explore_expert``): train the expert
+        first, as the registered model of that name with this run's training options (seed
+        included) and its own validation early stopping, in ``OUT/expert`` (a finished or
+        interrupted run there is reused or resumed; in memory without an output folder), then load
+        its validation-selected weights into ``model.expert``, frozen. The global random state is
+        left as it was, so the model's own training is that of the same model without an expert."""
+        expert = getattr(model, "expert", None)
+        if expert is None:
+            return
+        name = model.config.explore_expert
+        sub = self.out_dir / "expert" if self.out_dir is not None else None
+        cfg = dataclasses.replace(self.config)
+
+        def trainer() -> "Trainer":
+            return Trainer(self.data, name, None, cfg, sub, progress=self.progress, dist=self.dist)
+
+        resume = False
+        if sub is not None and (sub / "state" / "trainer.json").exists() and (sub / "config.json").exists():
+            saved = read_json(sub / "config.json").get("train_config")
+            resume = {**json.loads(json.dumps(dataclasses.asdict(TrainConfig()), default=list)), **(saved or {})} \
+                == json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            tr = trainer()
+            try:
+                m = tr.fit(resume=resume, overwrite=not resume)
+            except ConfigError:   # the state there belongs to another configuration: train it again
+                tr = trainer()
+                m = tr.fit(overwrite=True)
+        expert.load_state_dict(tr.model.state_dict())
+        expert.requires_grad_(False)
+        self._expert_metrics = {"model": name, "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                                "train_seconds": m["train_seconds"], "valid": m["valid"], "test": m["test"],
+                                "seconds_here": round(time.perf_counter() - t0, 2)}
+        log.info("%s: explore expert %s ready (epoch %d of %d, valid %s %.3f)", self.model_name, name,
+                 m["best_epoch"], m["epochs_run"], cfg.select_metric, m["valid"][cfg.select_metric])
 
     def _softmax_loss(self, model: SessionModel):
         """The replacement SR loss of ``precision`` / ``loss`` (mkmsr.models.scoring.training_loss),
@@ -650,6 +695,8 @@ class Trainer:
         }
         if tuned:
             metrics["tuned_on_validation"] = tuned
+        if getattr(self, "_expert_metrics", None):
+            metrics["explore_expert"] = self._expert_metrics
         if self.out_dir is not None and self.main:
             if not model.trainable:
                 save_checkpoint(self.out_dir / "best", model, self.model_name, self.data, {"epoch": 0, "valid": valid})
