@@ -256,7 +256,7 @@ class MKMSRRN(MKMSR):
         if "cold" in self.components:
             grid["cold_shift"] = (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
         if self.expert is not None:
-            grid["expert_weight"] = (0.0, 0.5, 1.0, 2.0, 4.0)
+            grid["expert_weight"] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
         if self.config.cold_items == "match":
             grid["match_alpha"] = (-20.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0)   # -20: off
             grid["match_beta"] = (0.0, 0.5, 1.0, 2.0)
