@@ -295,9 +295,9 @@ class Trainer:
                 out.mkdir(parents=True, exist_ok=True)
                 write_json(out / "config.json", self._run_config())
         model = self._build()
-        self._attach_expert(model)
         dist = self.dist
-        softmax = self._softmax_loss(model)
+        softmax = self._softmax_loss(model)   # a clear error on options the model cannot take, before any training
+        self._attach_expert(model)
         if not model.trainable:
             return self._finish(model, best_epoch=0, epochs_run=0, stopped_early=False, t_train=0.0)
         opt, kg_opt, sched = self._optimizers(model)
