@@ -69,6 +69,35 @@ def test_loss_equals_the_nll_of_the_scores(synthetic_data):
         assert torch.allclose(loss, -lp.gather(1, b.targets[:, None]).mean(), atol=1e-5), over
 
 
+def test_the_fused_training_loss_equals_the_generic_one_with_its_gradients(synthetic_data):
+    """A training step takes the explore term through _ExploreLSE (no (B, n) logits kept for
+    autograd): same loss and gradients as the generic path, with and without the repeat
+    component and the neighbourhood, and with a row spread over far more than LSE_FLOOR."""
+    for over in ({}, {"repeat": False}, {"neighbours": False}, {"cold_items": "id"}, {"nb_init": (4000.0, 40.0, 400.0)}):
+        m, data = fitted(synthetic_data, **over)
+        assert m._fusable()
+        m.train()
+        arr = data.split("train")
+        sess, prefix = arr.samples()
+        b = make_batch(arr, sess[:24], prefix[:24])
+        b.train_sessions = torch.from_numpy(sess[:24].astype(np.int64))
+        out = []
+        for fused in (True, False):
+            m._fusable = lambda f=fused: f
+            m.zero_grad()
+            loss = m.sr_loss(b)
+            loss.backward()
+            out.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+        (l1, g1), (l2, g2) = out
+        assert torch.isfinite(l1) and torch.allclose(l1, l2, rtol=1e-5), over
+        assert g1.keys() == g2.keys() and "item_embedding.weight" in g1, over
+        for n in g1:
+            assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6 * float(g2[n].abs().max()) + 1e-9), (over, n)
+        del m._fusable
+    m, _ = fitted(synthetic_data, explore_core="add")
+    assert not m._fusable()
+
+
 def test_explore_new_only_leaves_the_session_items_to_the_repeat_component(synthetic_data):
     """RepeatNet's split: explore over the items outside the session, p(i) = pi_r p_rep(i) for a
     session item and pi_e softmax_new(e)(i) for the others."""

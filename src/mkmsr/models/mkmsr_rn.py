@@ -84,6 +84,47 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.maximum(x, top - LSE_FLOOR), dim=1, keepdim=True)
 
 
+class _ExploreLSE(torch.autograd.Function):
+    """Training-time explore term of the mixture, fused: for e = s V^T (column 0, padding, and the
+    ``masked`` columns at -inf) plus the neighbourhood features f at (rows, cols), returns
+    (``logsumexp(e)`` per row, as :func:`logsumexp` computes it, and e at each row's target
+    column). The generic path builds e, then masks, floors and exponentiates it in new (B, N)
+    tensors, and autograd keeps and walks each of them back; here e is built in one buffer, turned
+    into exp(e - max) in place, and that one buffer gives every gradient: dL/de = P g_lse +
+    onehot(target) g_t with P the softmax, then dL/ds = dL/de V, dL/dV = dL/de^T s, dL/df =
+    dL/de at (rows, cols). Same value as the generic path; the gradient differs only where an
+    entry lies more than LSE_FLOOR below its row's maximum (e^-80 relative: nothing in float32).
+    Checked against the generic path in tests/test_mkmsr_rn.py."""
+
+    @staticmethod
+    def forward(ctx, s, V, f, rows, cols, masked, targets):
+        # s (B, d), V (N + 1, d), f (nnz,), rows / cols (nnz,) int64 (cols in 0..N, 0 = padding),
+        # masked (m,) int64 columns at -inf (padding included), targets (B,) int64 columns
+        e = s @ V.T                                                        # (B, N + 1)
+        if f.numel():
+            e.index_put_((rows, cols), f, accumulate=True)
+        e.index_fill_(1, masked, float("-inf"))
+        t = e.gather(1, targets[:, None]).squeeze(1)                       # -inf where the target is masked
+        top = e.amax(dim=1, keepdim=True)
+        e.sub_(top).clamp_(min=-LSE_FLOOR).exp_()                          # exp(e - top), free of subnormals
+        e.index_fill_(1, masked, 0.0)                                      # masked entries hold no mass
+        tot = e.sum(dim=1, keepdim=True)
+        lse = (top + tot.log()).squeeze(1)
+        ctx.save_for_backward(s, V, rows, cols, targets, e, tot)
+        return lse, t
+
+    @staticmethod
+    def backward(ctx, g_lse, g_t):
+        s, V, rows, cols, targets, P, tot = ctx.saved_tensors
+        P.mul_(g_lse[:, None] / tot)                                       # softmax x dL/dlse, in place
+        if g_t is not None:
+            P.scatter_add_(1, targets[:, None], torch.where(torch.isfinite(g_t), g_t, 0.0)[:, None])
+        grad_s = P @ V if ctx.needs_input_grad[0] else None
+        grad_V = P.T @ s if ctx.needs_input_grad[1] else None
+        grad_f = P[rows, cols] if ctx.needs_input_grad[2] else None
+        return grad_s, grad_V, grad_f, None, None, None, None
+
+
 @dataclass
 class MKMSRRNConfig(MKMSRConfig):
     # MKM-SR+'s encoder settings
@@ -325,6 +366,17 @@ class MKMSRRN(MKMSR):
         dev = batch.items.device
         return rows.to(dev), cols[idx].to(torch.int64).to(dev), vals[idx].to(dev)
 
+    def _nb_features(self, batch: Batch, own_excluded: bool, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(rows, 0-based item columns, values) of the neighbourhood term of the explore logits,
+        w . f(n): every feature is 0 where n = 0, so it is computed on the (few) nonzero entries
+        only; empty without ``neighbours``."""
+        if not self.config.neighbours:
+            none = torch.zeros(0, dtype=torch.long, device=like.device)
+            return none, none, like.new_zeros(0)
+        r, c, v = self._neighbourhood(batch, own_excluded)
+        w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
+        return r, c, w[0] * v + w[1] * (torch.log1p(v / 0.01) / math.log1p(100.0)) + w[2]
+
     # ---- item side ---------------------------------------------------------------------------
     def _id_keep(self) -> torch.Tensor:
         """(n_items + 1,) 1 where an item's id embedding counts, 0 for cold items (and, in a
@@ -365,20 +417,15 @@ class MKMSRRN(MKMSR):
         return keep[1:] == 0
 
     # ---- session side ------------------------------------------------------------------------
-    def _parts(self, batch: Batch, V: torch.Tensor, own_excluded: bool) -> dict:
-        """The mixture's pieces: ``log_pi`` (B, C) log gate per component (``self.components``),
-        ``explore`` (B, n) logits over the warm items (-inf on cold ones), ``cold`` (B, n_cold)
-        logits over the cold items, columns ``cold_idx`` (n_cold,) of the catalogue (0-based), when
-        that component exists, ``p_rep`` (B, n + 1) the repeat distribution when that one exists."""
-        M = self.micro_behaviours(batch, V)
-        B, L = batch.items.shape
-        ar = torch.arange(B, device=M.device)
-        last = M[ar, batch.lengths - 1]
-        s_g, _ = self.attention(M, last, batch.mask)
-        s_raw = self.W3(torch.cat([last, s_g], dim=-1))                          # (B, d)
-        s = s_raw
-        if self.config.scoring == "cosine":
-            s = self.config.score_scale * F.normalize(s_raw, dim=-1)
+    def _fusable(self) -> bool:
+        """Whether a training step can take the explore term through :class:`_ExploreLSE`: the
+        explore logits are then the cosine term plus the neighbourhood features, nothing else."""
+        c = self.config
+        return not c.explore_core and "cold" not in self.components and not c.explore_new_only
+
+    def _explore_terms(self, batch: Batch, s: torch.Tensor, V: torch.Tensor, own_excluded: bool) -> dict:
+        """``explore`` (B, n) logits, and with the cold component ``cold`` / ``cold_idx`` (see
+        :meth:`_parts`), from the (B, d) session vectors ``s`` and the item vectors ``V``."""
         neural = s @ V[1:].T                                                     # (B, n)
         if self.config.explore_core:
             E = self.core.item_embedding.weight[1:]
@@ -396,10 +443,7 @@ class MKMSRRN(MKMSR):
             # the expert never trained the cold items' rows: it scores warm items only
             e = e + (self.config.expert_weight * x) * self.warm[1:][None, :]
         if self.config.neighbours:
-            # every feature is 0 where n = 0: computed on the (few) nonzero entries only
-            r, c, v = self._neighbourhood(batch, own_excluded)
-            w = self.nb_weight * (NB_SCALE * self.config.nb_multiplier)
-            f = w[0] * v + w[1] * (torch.log1p(v / 0.01) / math.log1p(100.0)) + w[2]
+            r, c, f = self._nb_features(batch, own_excluded, s)
             e = e.index_put((r, c), f, accumulate=True)
         out: dict = {}
         if "cold" in self.components:
@@ -411,9 +455,35 @@ class MKMSRRN(MKMSR):
         else:
             out["explore"] = e
         if self.config.repeat and self.config.explore_new_only:
-            inside = torch.zeros(B, self.spec.n_items + 1, dtype=torch.bool, device=e.device)
+            inside = torch.zeros(len(batch), self.spec.n_items + 1, dtype=torch.bool, device=e.device)
             inside.scatter_(1, batch.items, batch.mask)
             out["explore"] = out["explore"].masked_fill(inside[:, 1:], float("-inf"))
+        return out
+
+    def _parts(self, batch: Batch, V: torch.Tensor, own_excluded: bool, targets: torch.Tensor | None = None) -> dict:
+        """The mixture's pieces: ``log_pi`` (B, C) log gate per component (``self.components``),
+        ``explore`` (B, n) logits over the warm items (-inf on cold ones), ``cold`` (B, n_cold)
+        logits over the cold items, columns ``cold_idx`` (n_cold,) of the catalogue (0-based), when
+        that component exists, ``p_rep`` (B, n + 1) the repeat distribution when that one exists.
+        With ``targets`` (B,) item_idx (a training step; see :meth:`_fusable`) the full (B, n)
+        terms are not built: ``explore_lse`` / ``explore_t`` (B,) hold the explore logsumexp and
+        the target's explore logit, ``p_rep_t`` (B,) the target's repeat probability."""
+        M = self.micro_behaviours(batch, V)
+        B, L = batch.items.shape
+        ar = torch.arange(B, device=M.device)
+        last = M[ar, batch.lengths - 1]
+        s_g, _ = self.attention(M, last, batch.mask)
+        s_raw = self.W3(torch.cat([last, s_g], dim=-1))                          # (B, d)
+        s = s_raw
+        if self.config.scoring == "cosine":
+            s = self.config.score_scale * F.normalize(s_raw, dim=-1)
+        if targets is not None:   # a training step: the fused explore term (see _fusable)
+            r, c, f = self._nb_features(batch, own_excluded, s)
+            pad = torch.zeros(1, dtype=torch.long, device=s.device)              # the padding column
+            lse, t = _ExploreLSE.apply(s, V, f, r, c + 1, pad, targets)
+            out: dict = {"explore_lse": lse, "explore_t": t}
+        else:
+            out = self._explore_terms(batch, s, V, own_excluded)
         if self.config.repeat:
             mask = batch.mask
             rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=M.device)[None, :])
@@ -426,10 +496,13 @@ class MKMSRRN(MKMSR):
                 a = a - self.config.repeat_recency * back
             a = a.masked_fill(~mask, float("-inf"))
             alpha = torch.softmax(a, dim=1) * mask                               # (B, L)
-            p_rep = torch.zeros(B, self.spec.n_items + 1, dtype=alpha.dtype, device=alpha.device)
-            p_rep.scatter_add_(1, batch.items, alpha)
-            p_rep[:, 0] = 0.0
-            out["p_rep"] = p_rep
+            if targets is not None:
+                out["p_rep_t"] = (alpha * (batch.items == targets[:, None])).sum(dim=1)
+            else:
+                p_rep = torch.zeros(B, self.spec.n_items + 1, dtype=alpha.dtype, device=alpha.device)
+                p_rep.scatter_add_(1, batch.items, alpha)
+                p_rep[:, 0] = 0.0
+                out["p_rep"] = p_rep
         if len(self.components) > 1:
             g = self.gate(torch.cat([s_raw, last], dim=-1))                       # (B, C)
             shift = torch.tensor([{"explore": 0.0, "repeat": self.config.gate_shift,
@@ -440,7 +513,7 @@ class MKMSRRN(MKMSR):
                 g = g.masked_fill(torch.tensor([c == "cold" for c in self.components], device=g.device), float("-inf"))
             out["log_pi"] = torch.log_softmax(g, dim=1)
         else:
-            out["log_pi"] = torch.zeros(B, 1, dtype=e.dtype, device=e.device)
+            out["log_pi"] = torch.zeros(B, 1, dtype=s.dtype, device=s.device)
         return out
 
     def _log_softmax(self, x: torch.Tensor) -> torch.Tensor:
@@ -545,16 +618,19 @@ class MKMSRRN(MKMSR):
         the catalogue per component); on training prefixes the neighbourhood leaves out the
         prefix's own session."""
         V = self.scoring_vectors()
-        P = self._parts(batch, V, own_excluded=batch.train_sessions is not None)
         t = batch.targets
+        fused = self._fusable() and torch.is_grad_enabled()
+        P = self._parts(batch, V, own_excluded=batch.train_sessions is not None, targets=t if fused else None)
         if len(self.components) == 1:
+            if fused:
+                return (P["explore_lse"] - P["explore_t"]).mean()
             x = P["explore"]
             return (logsumexp(x).squeeze(1) - x.gather(1, (t - 1)[:, None]).squeeze(1)).mean()
         col = (t - 1)[:, None]
         terms = []
         for i, c in enumerate(self.components):
             if c == "repeat":
-                pr = P["p_rep"].gather(1, t[:, None]).squeeze(1)
+                pr = P["p_rep_t"] if fused else P["p_rep"].gather(1, t[:, None]).squeeze(1)
                 lpc = torch.where(pr > 0, torch.log(pr.clamp(min=1e-30)), torch.full_like(pr, float("-inf")))
             elif c == "cold":
                 ci = P["cold_idx"]
@@ -567,6 +643,9 @@ class MKMSRRN(MKMSR):
                     x = P["cold"]
                     xt = x.gather(1, j.clamp(min=0)[:, None]).squeeze(1)
                     lpc = torch.where(j >= 0, xt - logsumexp(x).squeeze(1), torch.full_like(xt, float("-inf")))
+            elif fused:
+                xt, lse = P["explore_t"], P["explore_lse"]
+                lpc = torch.where(torch.isfinite(xt), xt - lse, torch.full_like(xt, float("-inf")))
             else:
                 x = P[c]
                 lse = logsumexp(x).squeeze(1)
