@@ -12,7 +12,7 @@ from mkmsr.data.dataset import PreparedData
 from mkmsr.errors import ConfigError
 from mkmsr.models import build_model, scoring
 from mkmsr.models.scoring import SampledSoftmax, batch_sr_loss, full_softmax_ce, sampled_softmax_ce, training_loss
-from mkmsr.training.train import TrainConfig, Trainer
+from mkmsr.training.train import LazyAdam, TrainConfig, Trainer
 
 U = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the GPU "
@@ -262,6 +262,89 @@ def test_cli_train_flags_reach_the_train_config(planted_data, tmp_path):
                         "mkmsr-rn", "--out", str(tmp_path / "r2"), "--epochs", "1", "--loss", "sampled"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "mkmsr-rn" in p.stderr and "Traceback" not in p.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# lazy Adam: row-sparse item gradients for large catalogues
+# --------------------------------------------------------------------------------------------
+
+def reference_lazy_adam(w, grads_rows, lr=1e-2, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    """Brute force, row by row: each step, each touched row takes Adam's update with its own
+    moments (untouched rows keep theirs); the step count is the parameter's."""
+    w = w.clone().double()
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    for t, (rows, g) in enumerate(grads_rows, start=1):
+        dense = torch.zeros_like(w).index_add_(0, rows, g.double())
+        for r in sorted(set(rows.tolist())):
+            gr = dense[r] + wd * w[r]
+            m[r] = b1 * m[r] + (1 - b1) * gr
+            v[r] = b2 * v[r] + (1 - b2) * gr * gr
+            w[r] -= lr * (m[r] / (1 - b1 ** t)) / ((v[r] / (1 - b2 ** t)).sqrt() + eps)
+    return w.float()
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-2])
+def test_lazy_adam_steps_exactly_the_touched_rows_and_dense_parameters_as_adam(wd):
+    torch.manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(50, 4))
+    dense = torch.nn.Parameter(torch.randn(3, 4))
+    twin = torch.nn.Parameter(dense.detach().clone())
+    lazy = LazyAdam([table, dense], lr=1e-2, weight_decay=wd)
+    plain = torch.optim.Adam([twin], lr=1e-2, weight_decay=wd)
+    start, steps = table.detach().clone(), []
+    for step in range(4):
+        rows = torch.randint(0, 50, (12,))                       # duplicates included
+        x = torch.randn(12, 4)
+        lazy.zero_grad()
+        plain.zero_grad()
+        loss = (F.embedding(rows, table, sparse=True) * x).sum() + (dense ** 2).sum() * (step + 1)
+        loss.backward()
+        (twin ** 2).sum().mul(step + 1).backward()
+        assert table.grad.is_sparse
+        steps.append((rows, x))
+        lazy.step()
+        plain.step()
+    assert torch.allclose(table.detach(), reference_lazy_adam(start, steps, wd=wd), atol=1e-6)
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[torch.cat([r for r, _ in steps])] = False
+    assert untouched.any() and torch.equal(table.detach()[untouched], start[untouched])
+    assert torch.allclose(dense.detach(), twin.detach(), atol=1e-6)
+    # the state has Adam's layout: it saves and loads
+    again = LazyAdam([table, dense], lr=1e-2, weight_decay=wd)
+    again.load_state_dict(lazy.state_dict())
+    assert float(again.state[table]["step"]) == 4
+
+
+def test_lazy_adam_training_gives_sparse_item_gradients_and_learns(planted_data):
+    cfg = TrainConfig(epochs=8, patience=8, batch_size=32, lr=5e-3, seed=0, loss="sampled", negatives=8,
+                      optimizer="lazy-adam", eval_test_each_epoch=False)
+    tr = Trainer(PreparedData(planted_data), "mkmsr", {"dim": 16}, cfg, progress=False)
+    seen = []
+    orig = LazyAdam._lazy_step
+    n_rows = tr.data.spec.n_items + 1
+    def spy(self, group, p, g):
+        if p.shape == (n_rows, 16):                             # the item table
+            seen.append(g.indices().shape[1] / n_rows)
+        return orig(self, group, p, g)
+    LazyAdam._lazy_step = spy
+    try:
+        metrics = tr.fit()
+    finally:
+        LazyAdam._lazy_step = orig
+    assert seen and min(seen) < 1.0             # the item table steps row-sparse (SR and KG steps alike)
+    losses = [h["sr_loss"] for h in tr.history]
+    assert losses[-1] < losses[0] and metrics["valid"]["hit@5"] > 90, metrics["valid"]
+
+
+def test_lazy_adam_is_refused_where_it_cannot_act(planted_data):
+    with pytest.raises(ConfigError, match="lazy-adam is for loss=sampled"):
+        TrainConfig(optimizer="lazy-adam").validate()
+    with pytest.raises(ConfigError, match="optimizer must be"):
+        TrainConfig(optimizer="sgd").validate()
+    for name, opts in (("mkmsr+", {}), ("mkmsr", {"scoring": "cosine"}), ("narm", {})):
+        cfg = TrainConfig(loss="sampled", negatives=4, optimizer="lazy-adam", epochs=1)
+        with pytest.raises(ConfigError, match="lazy-adam needs item vectors that are the item table"):
+            Trainer(PreparedData(planted_data), name, opts, cfg, progress=False).fit()
 
 
 # --------------------------------------------------------------------------------------------

@@ -410,6 +410,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                                                   "targets (default 2048; 0 = in-batch only)")
     g.add_argument("--sampler", choices=["uniform", "popularity"],
                    help="--loss sampled: draw negatives uniformly (default) or by frequency as a training target")
+    g.add_argument("--optimizer", choices=["adam", "lazy-adam"],
+                   help="adam: dense Adam over every parameter (the paper's, default); lazy-adam (--loss sampled, "
+                        "mkmsr with item_repr=id, scoring=dot): row-sparse item-table gradients, and moments and L2 "
+                        "of the rows a step touches only -- the step no longer scales with the catalogue")
 
 
 def build_parser() -> argparse.ArgumentParser:

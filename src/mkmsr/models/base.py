@@ -51,6 +51,15 @@ class SessionModel(nn.Module):
     def uses_knowledge(self) -> bool:
         return False
 
+    #: set by the trainer for ``optimizer="lazy-adam"``: look the item table up with row-sparse
+    #: gradients (only for a model whose :meth:`supports_sparse_rows` is true)
+    sparse_rows: bool = False
+
+    def supports_sparse_rows(self) -> bool:
+        """Whether ``softmax_inputs``' item vectors are the item table itself and every training
+        lookup into it can give a row-sparse gradient (``sparse_rows``)."""
+        return False
+
     #: options whose default changed after runs were saved with this model: option -> the value a
     #: saved configuration without it had (its behaviour then); see :meth:`upgrade_config`
     legacy_defaults: dict = {}

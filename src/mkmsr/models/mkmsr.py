@@ -150,6 +150,11 @@ class MKMSR(SessionModel):
         # plus index_add, whose backward is a slow accumulate
         return E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight)
 
+    def supports_sparse_rows(self) -> bool:
+        # the item vectors are the table itself (no attribute mean, no normalisation) and the
+        # GGNN input, the sampled candidates and the TransH heads are row lookups into it
+        return self.config.item_repr == "id" and self.config.scoring == "dot" and self.softmax_loss
+
     def _attribute_matrix(self) -> torch.Tensor:
         """The (n_items + 1, n_attribute_rows) sparse mean-of-attributes matrix, built from the
         buffers once per buffer instance (so a load or a device move rebuilds it)."""
@@ -214,7 +219,7 @@ class MKMSR(SessionModel):
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight, self.config.adjacency)
         if V is None:
             V = self.item_embeddings()
-        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))           # (B, N, d)
+        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V, sparse=self.sparse_rows))   # (B, N, d)
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))  # (B, L, d)
         if not self.config.use_operations:
             return I

@@ -106,7 +106,7 @@ class MGGNNx2SR(MKMSR):
         g = session_graph(batch.items, batch.lengths, self.config.edge_weight, self.config.adjacency)
         if V is None:
             V = self.item_embeddings()
-        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V))
+        h = self.ggnn(g.A_in, g.A_out, F.embedding(g.nodes, V, sparse=self.sparse_rows))
         I = h.gather(1, g.alias[:, :, None].expand(-1, -1, h.shape[-1]))      # (B, L, d)
         go = session_graph(batch.ops, batch.lengths, self.config.edge_weight, self.config.adjacency)
         ho = self.op_ggnn(go.A_in, go.A_out, self.op_embedding(go.nodes))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .layers import full_softmax_ce as _full_softmax_ce_float32
@@ -134,7 +135,7 @@ def full_softmax_ce(s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor,
 # --------------------------------------------------------------------------------------------
 
 def sampled_softmax_ce(s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
-                       log_q: torch.Tensor, precision: str = "float32") -> torch.Tensor:
+                       log_q: torch.Tensor, precision: str = "float32", sparse: bool = False) -> torch.Tensor:
     """Mean over the batch of the sampled softmax cross-entropy with logQ correction.
 
     s (B, d) session vectors; E (N + 1, d) item vectors (row 0 padding); targets (B,) int64
@@ -149,11 +150,12 @@ def sampled_softmax_ce(s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor, 
     tests/test_scale_training.py. The value returned is that loss minus the batch mean of the
     positives' log_q, a constant: log sum_c exp(l_bc) - s_b . E[t_b], whose first term estimates
     log sum_j exp(s_b . E[j]); so the value estimates the full softmax cross-entropy and the
-    logged SR loss of a sampled run is on the same scale as a full one.
+    logged SR loss of a sampled run is on the same scale as a full one. ``sparse``: E's gradient
+    is row-sparse (the candidates' rows; for ``optimizer="lazy-adam"``).
     """
     B = s.shape[0]
     cand = torch.cat([targets, negatives])                                 # (C,) = (B + M,)
-    Ec = E[cand]                                                           # (C, d)
+    Ec = F.embedding(cand, E, sparse=sparse)                               # (C, d)
     if precision == "bf16":
         logits = (s.to(torch.bfloat16) @ Ec.to(torch.bfloat16).T).float()
     else:
@@ -182,7 +184,7 @@ class SampledSoftmax:
     """
 
     def __init__(self, negatives: int, sampler: str, target_counts: np.ndarray, device: torch.device | str,
-                 precision: str = "float32"):
+                 precision: str = "float32", sparse: bool = False):
         if sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if negatives < 0:
@@ -191,7 +193,7 @@ class SampledSoftmax:
         counts[0] = 0.0
         if counts.sum() <= 0:
             raise ConfigError("sampled softmax: the training split has no targets")
-        self.negatives, self.sampler, self.precision = int(negatives), sampler, precision
+        self.negatives, self.sampler, self.precision, self.sparse = int(negatives), sampler, precision, sparse
         self.n_items = counts.size - 1
         p = counts / counts.sum()
         if sampler == "uniform":
@@ -223,11 +225,11 @@ class SampledSoftmax:
     def __call__(self, s: torch.Tensor, E: torch.Tensor, targets: torch.Tensor,
                  rng: np.random.Generator) -> torch.Tensor:
         neg = self.draw(rng)
-        return sampled_softmax_ce(s, E, targets, neg, self.log_q(targets, neg), self.precision)
+        return sampled_softmax_ce(s, E, targets, neg, self.log_q(targets, neg), self.precision, self.sparse)
 
 
 def training_loss(loss: str, precision: str, negatives: int, sampler: str, target_counts: np.ndarray | None,
-                  device: torch.device | str):
+                  device: torch.device | str, sparse: bool = False):
     """The SR loss a run trains with, as ``f(s, V, targets, rng) -> scalar``, or None for the
     model's own ``sr_loss`` (float32 full softmax: the paper's loss, and the only option for models
     whose loss is not a softmax over dot products)."""
@@ -237,7 +239,7 @@ def training_loss(loss: str, precision: str, negatives: int, sampler: str, targe
     if loss == "sampled":
         if target_counts is None:
             raise ConfigError("sampled softmax needs the training split's target counts")
-        return SampledSoftmax(negatives, sampler, target_counts, device, precision)
+        return SampledSoftmax(negatives, sampler, target_counts, device, precision, sparse)
     if precision == "float32":
         return None
     return lambda s, V, targets, rng: full_softmax_ce(s, V, targets, precision)

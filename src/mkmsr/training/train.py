@@ -104,6 +104,9 @@ class TrainConfig:
                                      # `negatives` drawn items, logQ-corrected (mkmsr.models.scoring)
     negatives: int = 2048            # loss=sampled: items drawn per batch besides the batch's own targets
     sampler: str = "uniform"         # loss=sampled: uniform | popularity (frequency as a training target)
+    optimizer: str = "adam"          # adam: dense Adam over every parameter (paper) | lazy-adam: with
+                                     # loss=sampled, the item table takes row-sparse gradients and a lazy Adam
+                                     # step (moments and lambda_2 of the rows a step touches only; LazyAdam)
     time_budget_s: float = 0.0       # stop once the training loop (evaluation excluded) has run this long,
                                      # mid-epoch if need be; that last, partial epoch is evaluated and may be
                                      # selected like any other (0 = no budget; time-to-accuracy comparisons)
@@ -130,16 +133,68 @@ class TrainConfig:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if self.negatives < 0:
             raise ConfigError(f"negatives must be >= 0 (0 = in-batch negatives only), got {self.negatives}")
+        if self.optimizer not in ("adam", "lazy-adam"):
+            raise ConfigError(f"optimizer must be adam or lazy-adam, got {self.optimizer!r}")
+        if self.optimizer == "lazy-adam" and self.loss != "sampled":
+            raise ConfigError("optimizer lazy-adam is for loss=sampled: the full softmax touches every item row "
+                              "in every step, so its item gradient is dense anyway")
         if self.time_budget_s < 0:
             raise ConfigError(f"time_budget_s must be >= 0 (0 = no budget), got {self.time_budget_s}")
 
 
-def adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
+def adam(params, lr: float, weight_decay: float, cls: type = torch.optim.Adam) -> torch.optim.Adam:
     """Adam with the fused kernel where this torch build has one (10x faster on CPU here)."""
     try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+class LazyAdam(torch.optim.Adam):
+    """Adam in which a parameter whose gradient is sparse (an embedding table looked up with
+    ``sparse=True``) takes a lazy step: only the rows the gradient holds update their moments and
+    weights, with the L2 term (``weight_decay``, coupled as in Adam) on those rows only; dense
+    gradients take Adam's own (fused) step. The semantics of TensorFlow's ``LazyAdamOptimizer`` and
+    of PyTorch's ``SparseAdam`` plus L2: for a catalogue of 139k items and more, a dense step (and
+    the dense gradient it needs) over the whole item table costs most of a sampled-softmax step,
+    while a batch touches a few thousand rows. A row's moments then decay only in the steps that
+    touch it, so the update differs from dense Adam's (``optimizer="adam"``, the default); the
+    step count (bias correction) is the parameter's, as in ``SparseAdam``."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        sparse = [(group, p) for group in self.param_groups for p in group["params"]
+                  if p.grad is not None and p.grad.is_sparse]
+        grads = [p.grad for _, p in sparse]
+        for _, p in sparse:
+            p.grad = None                       # Adam's own step skips them
+        loss = super().step(closure)
+        for (group, p), g in zip(sparse, grads):
+            p.grad = g
+            self._lazy_step(group, p, g.coalesce())
+        return loss
+
+    def _lazy_step(self, group: dict, p: torch.Tensor, g: torch.Tensor) -> None:
+        st = self.state[p]
+        if not st:   # the state layout of Adam's, so state_dict / load_state_dict / resume work alike
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["step"] += 1
+        rows, gv = g.indices()[0], g.values()
+        if not rows.numel():
+            return
+        b1, b2 = group["betas"]
+        lr, eps, wd = float(group["lr"]), group["eps"], group["weight_decay"]
+        if wd:
+            gv = gv + wd * p[rows]
+        m = st["exp_avg"][rows].mul_(b1).add_(gv, alpha=1 - b1)
+        v = st["exp_avg_sq"][rows].mul_(b2).addcmul_(gv, gv, value=1 - b2)
+        st["exp_avg"][rows] = m
+        st["exp_avg_sq"][rows] = v
+        t = float(st["step"])
+        denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+        p.index_add_(0, rows, m.div_(denom), alpha=-lr / (1 - b1 ** t))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -253,7 +308,7 @@ class Trainer:
     def _optimizers(self, model: SessionModel):
         c = self.config
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        opt = adam(params, lr=c.lr, weight_decay=c.weight_decay, cls=LazyAdam if c.optimizer == "lazy-adam" else torch.optim.Adam)
         kg_opt = opt
         if model.uses_knowledge and c.kg_optimizer != "shared":
             kg_params = [p for n, p in model.named_parameters() if n.startswith(KG_PARAMS)]
@@ -322,7 +377,7 @@ class Trainer:
         passes = float(getattr(model.config, "kg_passes", 1.0))
         kg_bs = c.kg_batch_size or (math.ceil(passes * kgs.n / max(1, n_batches // c.alternate_every)) if kgs else 0)
         margin = model.uses_knowledge and getattr(model.config, "kg_loss", "squared") == "margin"
-        sparse = c.kg_optimizer == "sparse"
+        sparse = c.kg_optimizer == "sparse" or c.optimizer == "lazy-adam"
         select = c.select_metric
         if dist is not None:
             from .distributed import wrap_sr_loss
@@ -573,12 +628,23 @@ class Trainer:
                               "its SR loss is not a softmax over dot products of session and item vectors "
                               f"({type(model).__name__}: a mixture, BPR, transformed scores or no SGD). Use "
                               "precision float32 and loss full with it, or a model such as mkmsr, sr-gnn, sasrec")
+        if c.optimizer == "lazy-adam":
+            if not model.supports_sparse_rows():
+                raise ConfigError(f"optimizer lazy-adam needs item vectors that are the item table itself, looked up "
+                                  f"row by row; model {self.model_name!r} computes them from the whole table (e.g. "
+                                  "cosine scoring or attribute means). Use optimizer adam with it, or mkmsr / its "
+                                  "variants with item_repr=id and scoring=dot")
+            if self.dist is not None:
+                raise ConfigError("optimizer lazy-adam runs in one process (row-sparse gradients are not averaged "
+                                  "across ranks here); use optimizer adam with torchrun")
+            model.sparse_rows = True
         counts = None
         if c.loss == "sampled":
             counts = np.bincount(self.data.split("train").targets(), minlength=self.data.spec.n_items + 1)
         log.info("%s: SR loss %s, precision %s%s", self.model_name, c.loss, c.precision,
                  f", {c.negatives} {c.sampler} negatives + in-batch, logQ-corrected" if c.loss == "sampled" else "")
-        return training_loss(c.loss, c.precision, c.negatives, c.sampler, counts, self.device)
+        return training_loss(c.loss, c.precision, c.negatives, c.sampler, counts, self.device,
+                             sparse=c.optimizer == "lazy-adam")
 
     # ------------------------------------------------------------------------------------------
     def _pretrain(self, model: SessionModel, kgs: KnowledgeSampler) -> None:
