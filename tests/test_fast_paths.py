@@ -6,7 +6,7 @@ from mkmsr.data.batching import Batch
 from mkmsr.data.dataset import DatasetSpec
 from mkmsr.models import build_model
 from mkmsr.models.base import SessionModel
-from mkmsr.models.layers import full_softmax_ce
+from mkmsr.models.layers import cosine_item_vectors, full_softmax_ce
 
 SPEC = DatasetSpec(n_items=50, n_entities=60, n_ops=4, n_relations=2)
 
@@ -55,3 +55,42 @@ def test_model_loss_and_gradients_equal_the_plain_cross_entropy():
         assert (a is None) == (r is None)
         if a is not None:
             assert torch.allclose(a, r, atol=1e-6)
+
+
+def test_fused_cosine_item_vectors_match_normalize_of_the_attribute_sum_and_its_gradients():
+    g = torch.Generator().manual_seed(2)
+    n, n_attr, d = 40, 12, 6
+    rows = torch.arange(1, n + 1).repeat_interleave(2)
+    cols = torch.randint(0, n_attr, (rows.numel(),), generator=g)
+    A = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.full((rows.numel(),), 0.5),
+                                (n + 1, n_attr)).coalesce()
+    E = torch.randn(n + 1, d, generator=g).requires_grad_()
+    W = torch.randn(n_attr, d, generator=g).requires_grad_()
+    keep = (torch.rand(n + 1, generator=g) > 0.3).float()
+    G = torch.randn(n + 1, d, generator=g)
+    for k in (None, keep):
+        V = cosine_item_vectors(E, W, A.to_sparse_csr(), A.t().coalesce().to_sparse_csr(), k)
+        dE, dW = torch.autograd.grad((V * G).sum(), (E, W))
+        Ek = E if k is None else E * k[:, None]
+        R = F.normalize(Ek + torch.sparse.mm(A, W), dim=-1)
+        rE, rW = torch.autograd.grad((R * G).sum(), (E, W))
+        assert torch.allclose(V, R, atol=1e-6)
+        assert torch.allclose(dE, rE, atol=1e-5) and torch.allclose(dW, rW, atol=1e-5)
+        if k is not None:
+            assert not dE[k == 0].any()      # a dropped / cold item's own row gets no gradient
+
+
+def test_mkmsr_plus_and_rn_item_vectors_take_the_fused_path_with_the_same_values():
+    torch.manual_seed(3)
+    for name in ("mkmsr+", "mkmsr-rn"):
+        m = build_model(name, SPEC, {"dim": 8} if name == "mkmsr+" else {"dim": 8, "explore_expert": ""})
+        with torch.no_grad():                 # a few attribute rows so the mean is not empty
+            m.attr_item = torch.tensor([1, 2, 2, 5, 9])
+            m.attr_value = torch.tensor([0, 1, 3, 3, 7])
+            m.attr_weight = torch.tensor([1.0, 0.5, 0.5, 1.0, 1.0])
+        m.train()
+        V = m._scoring_vectors()
+        keep = m._keep if name == "mkmsr-rn" else None
+        E = m.item_embedding.weight if keep is None else m.item_embedding.weight * keep[:, None]
+        ref = F.normalize(E + torch.sparse.mm(m._attribute_matrix(), m.attr_embedding.weight), dim=-1)
+        assert torch.allclose(V, ref, atol=1e-6), name

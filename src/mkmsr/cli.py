@@ -388,7 +388,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alternate-every", dest="alternate_every", type=int, help="SR steps between KG steps (default 1)")
     g.add_argument("--kg-batch-size", dest="kg_batch_size", type=int, help="triplets per KG step (default: one pass per epoch)")
     g.add_argument("--kg-optimizer", dest="kg_optimizer", choices=["sparse", "shared", "separate"],
-                   help="optimiser of KG steps: sparse = own row-wise Adam (default); shared = the SR Adam; separate = own dense Adam")
+                   help="optimiser of KG steps: shared = the SR Adam, so lambda_1 weighs the knowledge task (default); sparse = own row-wise Adam (lambda_1 then inert: Adam is scale-invariant); separate = own dense Adam")
     g.add_argument("--pretrain-epochs", dest="pretrain_epochs", type=int, help="TransH passes for --strategy pretrain")
     g.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 5)")
     g.add_argument("--select-metric", dest="select_metric", help="validation metric selecting the epoch (default mrr@20)")

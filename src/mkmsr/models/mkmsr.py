@@ -25,6 +25,7 @@ cell (``gnn_mode="concat"``), binary edges, a biased final map and uniform initi
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 from ..data.batching import Batch
 from ..data.dataset import DatasetSpec
 from .base import SessionModel
-from .layers import GGNN, SoftAttention, TransH, full_softmax_ce, session_graph, unique_rows
+from .layers import GGNN, SoftAttention, TransH, cosine_item_vectors, full_softmax_ce, session_graph, unique_rows
 
 
 @dataclass
@@ -167,6 +168,21 @@ class MKMSR(SessionModel):
             self._attr_cache = cache = (key, S)
         return cache[1]
 
+    def _attribute_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean-of-attributes matrix and its transpose as sparse CSR (cached like
+        :meth:`_attribute_matrix`): their products are ~3x faster on CPU than the COO ones."""
+        S = self._attribute_matrix()
+        cache = getattr(self, "_attr_csr_cache", None)
+        if cache is None or cache[0] is not S:
+            with warnings.catch_warnings():       # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                self._attr_csr_cache = cache = (S, S.to_sparse_csr(), S.t().coalesce().to_sparse_csr())
+        return cache[1], cache[2]
+
+    def _item_keep(self) -> torch.Tensor | None:
+        """(n_items + 1,) weights of the items' own embeddings in their vectors (None: all 1)."""
+        return None
+
     def scoring_vectors(self) -> torch.Tensor:
         """(n_items + 1, d) the item vectors used as GGNN input and for scoring. Without autograd
         (evaluation, serving) they are computed once per parameter version and reused."""
@@ -180,6 +196,11 @@ class MKMSR(SessionModel):
         return cache[1]
 
     def _scoring_vectors(self) -> torch.Tensor:
+        if self.config.scoring == "cosine" and self.config.item_repr == "id+attributes":
+            # normalize(E * keep + mean of attributes), fused (= the two lines below)
+            A, AT = self._attribute_csr()
+            return cosine_item_vectors(self.item_embedding.weight, self.attr_embedding.weight, A, AT,
+                                       self._item_keep())
         V = self.item_embeddings()
         return F.normalize(V, dim=-1) if self.config.scoring == "cosine" else V
 

@@ -387,11 +387,16 @@ class MKMSRRN(MKMSR):
             keep[0] = 1.0
         return keep
 
-    def item_embeddings(self) -> torch.Tensor:
-        E = self.item_embedding.weight
+    def _item_keep(self) -> torch.Tensor | None:
         self._keep = None
         if self.config.cold_items != "id":
-            self._keep = keep = self._id_keep()
+            self._keep = self._id_keep()
+        return self._keep
+
+    def item_embeddings(self) -> torch.Tensor:
+        E = self.item_embedding.weight
+        keep = self._item_keep()
+        if keep is not None:
             E = E * keep[:, None]
         if self.config.item_repr == "id":
             return E
