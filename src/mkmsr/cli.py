@@ -174,6 +174,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         m = train(a.data, model, a.out, cfg, model_over, resume=a.resume, overwrite=a.overwrite,
                   progress=show_progress(a), dist=dist,
                   tensorboard_dir=_tensorboard_dir(a) if dist is None or dist.is_main else None)
+        if dist is not None:
+            # every rank done with its collectives (rank 0 writes the run's files last) before any
+            # tears the group down: a gloo peer that exits first can abort the other in its
+            # destructor ("terminate called without an active exception", seen once in CI)
+            dist.barrier()
     finally:
         shutdown()
     if dist is not None and not dist.is_main:
