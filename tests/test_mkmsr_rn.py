@@ -357,6 +357,39 @@ def test_repeat_recency_tilts_the_repeat_attention_at_inference_only(synthetic_d
     assert "repeat_recency" not in type(m).training_identity(dataclasses.asdict(m.config))
 
 
+def test_repeat_explore_adds_the_explore_evidence_to_the_repeat_attention_at_inference_only(synthetic_data):
+    """repeat_explore omega: alpha_t ∝ exp(a_t + omega e(x_t)) at inference, e the explore logits
+    (so for two items seen once, log p_rep(i) - log p_rep(j) moves by omega (e(i) - e(j))); a
+    large omega puts the repeat mass on the session item the explore ranking favours; training
+    ignores the option."""
+    m, data = fitted(synthetic_data)
+    b = some_batch(data, 12)
+    with torch.no_grad():
+        P0 = m._parts(b, m.scoring_vectors(), own_excluded=False)
+        m.config.repeat_explore = 0.5
+        half = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.config.repeat_explore = 200.0
+        sharp = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.train()
+        trained = m._parts(b, m.scoring_vectors(), own_excluded=False)["p_rep"]
+        m.eval()
+    base, e = P0["p_rep"], P0["explore"]
+    assert torch.allclose(trained, base, atol=1e-6) and torch.allclose(half.sum(1), torch.ones(len(b)), atol=1e-5)
+    checked = 0
+    for r in range(len(b)):
+        seq = b.items[r, :int(b.lengths[r])].tolist()
+        once = [i for i in set(seq) if seq.count(i) == 1]
+        for i, j in zip(once, once[1:]):
+            want = (torch.log(base[r, i]) - torch.log(base[r, j])) + 0.5 * (e[r, i - 1] - e[r, j - 1])
+            assert torch.allclose(torch.log(half[r, i]) - torch.log(half[r, j]), want, atol=1e-4)
+            checked += 1
+        best = max(set(seq), key=lambda i: float(e[r, i - 1]))
+        assert float(sharp[r, best]) > 0.99
+    assert checked > 0
+    assert "repeat_explore" in m.calibration_grid()
+    assert "repeat_explore" not in type(m).training_identity(dataclasses.asdict(m.config))
+
+
 def test_explore_neural_scales_the_neural_term_at_inference_only(synthetic_data):
     """explore_neural = 0: the explore logits are the neighbourhood features alone; training
     ignores the option (inference only, calibrated on validation)."""

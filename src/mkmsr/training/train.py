@@ -774,7 +774,8 @@ class Trainer:
                 # (mkmsr.benchmark.paired_bootstrap) without reloading the checkpoint
                 tmp = self.out_dir / ".test_ranks.tmp.npz"
                 np.savez_compressed(tmp, greater=counts["greater"].astype(np.int32),
-                                    ties=counts["ties"].astype(np.int32), targets=counts["targets"].astype(np.int64))
+                                    ties=counts["ties"].astype(np.int32), targets=counts["targets"].astype(np.int64),
+                                    inside_above=counts["inside_above"].astype(np.int32))
                 tmp.replace(self.out_dir / "test_ranks.npz")
             write_json(self.out_dir / "metrics.json", metrics)
         self.model = model
