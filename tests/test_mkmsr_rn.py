@@ -332,6 +332,25 @@ def test_serving_ranks_cold_items_by_knowledge_match_as_evaluate_does(synthetic_
     assert n_cold_top > 0      # the component did put cold items in the served top 20
 
 
+def test_serving_keeps_the_calibrated_repeat_options(synthetic_data, tmp_path):
+    """repeat_explore / repeat_recency set (as calibration leaves them) travel in the checkpoint,
+    and Recommender ranks the session's items and the rest exactly as model.score."""
+    m, data = fitted(synthetic_data, repeat_explore=2.0, repeat_recency=0.5, gate_shift=1.0)
+    save_checkpoint(tmp_path / "ckpt", m, "mkmsr-rn", data)
+    rec = Recommender.load(tmp_path / "ckpt", scan="float32")
+    assert rec.model.config.repeat_explore == 2.0 and rec.model.config.repeat_recency == 0.5
+    b = some_batch(data, 6)
+    with torch.no_grad():
+        want = m.score(b)[:, 1:]
+    ids = {v: k for k, v in rec.item_index.items()}
+    ops = {v: k for k, v in rec.op_index.items()}
+    for r in range(len(b)):
+        events = [(ids[int(b.items[r, t])], ops[int(b.ops[r, t])]) for t in range(int(b.lengths[r]))]
+        got = [rec.item_index[i] - 1 for i, _ in rec.recommend(events, k=10).items]
+        kth = torch.topk(want[r], 10).values[-1]
+        assert bool((want[r, got] >= kth - 1e-4).all()), (r, got)
+
+
 def test_repeat_recency_tilts_the_repeat_attention_at_inference_only(synthetic_data):
     """repeat_recency kappa: alpha_t ∝ exp(a_t - kappa (L - 1 - t)) at inference; training ignores
     it (an inference-only option); a large kappa orders the session's items by last occurrence."""
