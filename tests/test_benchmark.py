@@ -135,6 +135,20 @@ def test_interrupted_rerun_never_pairs_new_config_with_old_metrics(planted_data,
     assert not (new.run_dir(tmp_path) / "metrics.json").exists()
 
 
+def test_a_report_names_why_a_finished_run_is_not_reported(planted_data, tmp_path, caplog):
+    """train=False (the --report-only path) finds a finished run with other training options: it
+    reports nothing for it and says which options differ, instead of a silent "not run"."""
+    data = PreparedData(planted_data)
+    bm.run_one(tmp_path, bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1, "patience": 3}), data)
+    other = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1, "patience": 5})
+    with caplog.at_level("WARNING"):
+        assert bm.run_one(tmp_path, other, data, train=False) == (None, False)
+    assert "patience 3 (asked: 5)" in caplog.text and "not reported" in caplog.text
+    assert bm._run_mismatch(other.run_dir(tmp_path), other, data).startswith("training options differ")
+    same = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1, "patience": 3})
+    assert bm._run_mismatch(same.run_dir(tmp_path), same, data) is None
+
+
 def test_execution_only_and_later_options_do_not_invalidate_a_finished_run(planted_data, tmp_path):
     """An option that changes how, not what, a model computes (mkmsr-rn's nb_cache) may differ
     from a finished run's; an option the saved run lacks (added after it) counts as its default:

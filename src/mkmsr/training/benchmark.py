@@ -133,10 +133,14 @@ def _complete(saved: dict | None, defaults: dict) -> dict:
 
 
 def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
-    cfg_path = run_dir / "config.json"
-    if not (run_dir / "metrics.json").exists() or not cfg_path.exists():
-        return False
-    saved = read_json(cfg_path)
+    return (run_dir / "metrics.json").exists() and (run_dir / "config.json").exists() \
+        and _run_mismatch(run_dir, spec, data) is None
+
+
+def _run_mismatch(run_dir: Path, spec: RunSpec, data: PreparedData) -> str | None:
+    """Why the finished run in ``run_dir`` is not the run ``spec`` asks for (which options
+    differ, and how), or None when it is."""
+    saved = read_json(run_dir / "config.json")
     cfg = make_config(spec.model, spec.model_overrides)
     want_model = _as_json(dataclasses.asdict(cfg))
     want_train = _as_json(dataclasses.asdict(spec.train_config()))
@@ -147,9 +151,18 @@ def _same_run(run_dir: Path, spec: RunSpec, data: PreparedData) -> bool:
     how = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("execution_only")}
     saved_model = {k: v for k, v in saved_model.items() if k not in how}
     want_model = {k: v for k, v in want_model.items() if k not in how}
-    return (saved.get("model") == spec.model and saved_model == want_model
-            and saved_train == want_train and saved.get("dataset_sha256") == data.content_hash
-            and _calibrated_alike(run_dir, spec, data, cfg))
+    if saved.get("model") != spec.model:
+        return f"model {saved.get('model')!r}, not {spec.model!r}"
+    if saved.get("dataset_sha256") != data.content_hash:
+        return "trained on other data (dataset_sha256 differs)"
+    for what, have, want in (("training option", saved_train, want_train), ("model option", saved_model, want_model)):
+        diff = [f"{k} {have.get(k)!r} (asked: {want.get(k)!r})" for k in sorted(set(have) | set(want))
+                if have.get(k) != want.get(k)]
+        if diff:
+            return f"{what}s differ: " + ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+    if not _calibrated_alike(run_dir, spec, data, cfg):
+        return "calibrated over an older grid (finished again when trained)"
+    return None
 
 
 def _calibrated_alike(run_dir: Path, spec: RunSpec, data: PreparedData, cfg) -> bool:
@@ -230,6 +243,10 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
     if _same_run(rd, spec, data):
         return read_json(rd / "metrics.json"), False
     if not train:
+        if (rd / "metrics.json").exists() and (rd / "config.json").exists():
+            # a report must not silently drop a finished run that other flags would have found
+            log.warning("%s %s seed %d: the finished run in %s is not reported: %s", spec.dataset, spec.model,
+                        spec.seed, rd, _run_mismatch(rd, spec, data))
         return None, False
     donor = _training_donor(out, spec, data)
     if donor is not None:
