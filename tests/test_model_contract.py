@@ -25,7 +25,7 @@ from mkmsr.training.train import TrainConfig, Trainer
 #: sees i-1 and i+1 symmetrically and only the final projection W tells them apart
 #: (tests/test_new_baselines.py trains it longer and checks the planted item).
 NO_TRANSITIONS: set[str] = {"pop", "s-pop", "item-knn", "v-sknn", "stan", "v-sknn-remind", "stan-remind",
-                            "core", "mgnn-spred"}
+                            "core", "core-kg", "mgnn-spred"}
 #: small, fast settings per model for the contract (applied only where the model has the option)
 SMALL = {"dim": 16}
 

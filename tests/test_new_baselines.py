@@ -127,6 +127,48 @@ def test_core_scores_are_cosine_over_temperature():
     assert int(s[1].argmax()) == 5 and torch.allclose(s[1, 5], torch.tensor(1 / 0.07))
 
 
+def test_core_kg_item_vectors_are_own_embedding_plus_attribute_mean_on_both_sides():
+    """core-kg: item vector = own embedding + mean of its attribute embeddings (kg as prepared:
+    item, relation, value entity), used for the session's items and the candidates alike."""
+    spec = DatasetSpec(n_items=6, n_entities=6 + 1 + 3, n_ops=2, n_relations=2)
+
+    class KG:   # items 1, 2 share value 7 (brand); item 2 also has value 8; item 5 has value 9
+        kg = np.array([[1, 0, 7], [2, 0, 7], [2, 1, 8], [5, 1, 9]])
+
+    torch.manual_seed(0)
+    m = build_model("core-kg", spec, {"dim": 8}).eval()
+    m.fit_statistics(KG)
+    E, A = m.item_embedding.weight.detach(), m.attr_embedding.weight.detach()
+    want = E.clone()
+    want[1] += A[0]
+    want[2] += (A[0] + A[1]) / 2
+    want[5] += A[2]
+    assert torch.allclose(m.item_embeddings(), want, atol=1e-6)
+    assert torch.all(m.item_embeddings()[0] == 0)                           # padding stays 0
+    batch = batch_from_sequences([[1, 2], [5]], [[1, 1], [1]])
+    with torch.no_grad():
+        X = want[batch.items]
+        alpha = m.position_weights(batch, X)
+        h = torch.bmm(alpha[:, None], X).squeeze(1)
+        s = m.score(batch)
+    assert torch.allclose(m.encode(batch), h, atol=1e-6)
+    assert torch.allclose(s[:, 1:], F.cosine_similarity(h[:, None], want[None, 1:], dim=-1) / m.config.temperature,
+                          atol=1e-4)
+    # the attribute part is trained through the SR loss (what lets rare items borrow from their brand)
+    m.train()
+    batch = batch_from_sequences([[1, 3], [2]], [[1, 1], [1]])
+    batch.targets = torch.tensor([2, 1])
+    m.sr_loss(batch).backward()
+    assert m.attr_embedding.weight.grad[:2].abs().sum() > 0
+    m.eval()
+    # checkpoints keep the data-sized attribute buffers
+    again = build_model("core-kg", spec, {"dim": 8}).eval()
+    again.load_state_dict(m.state_dict())
+    assert torch.allclose(again.item_embeddings(), m.item_embeddings())
+    with pytest.raises(ValueError, match="item_repr"):
+        build_model("core", SPEC, {"dim": 16, "item_repr": "attributes"})
+
+
 # ---- GC-SAN ----------------------------------------------------------------------------------
 
 def test_gcsan_combines_attention_output_and_last_gnn_state_with_omega():

@@ -60,6 +60,7 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False}),
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
     "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
+    "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core"}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)
@@ -77,6 +78,8 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "gcsan": (GCSAN, {}),
     "repeatnet": (RepeatNet, {}),
     "core": (CORE, {}),
+    # CORE with MKM-SR+'s knowledge-composed item vectors (own embedding + mean attribute embedding)
+    "core-kg": (CORE, {"item_repr": "id+attributes"}),
     "mgnn-spred": (MGNNSPred, {}),
     # count-based baselines the paper lacks (fitted on the train split, tuned on validation)
     "pop": (Pop, {}),

@@ -16,6 +16,11 @@ The session vector lives in the same space as the candidate items:
 Defaults are the paper's and the authors' config: 2 layers, 2 heads, feed-forward size
 256, dropout 0.5 in the transformer, session-item dropout 0.2, item dropout 0.2, tau = 0.07,
 parameters ~ N(0, 0.02), at most the latest 50 items. d = 100 (paper: 64), as every row here.
+
+Not in the paper: ``item_repr="id+attributes"`` (registered as ``core-kg``) composes every item
+vector, on the session side and the candidate side alike, as MKM-SR+ does: the item's own
+embedding plus the mean embedding of its attribute values (``mkmsr.models.attributes``), so the
+many rare items of a sparse log borrow what the items of their brand, shop or category learned.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import Batch
+from .attributes import AttributeMean
 from .base import SessionModel
 from .seqtools import causal_mask, latest
 
@@ -42,9 +48,10 @@ class COREConfig:
     temperature: float = 0.07   # tau
     max_len: int = 50           # number of position embeddings; longer prefixes keep the latest
     init_std: float = 0.02      # all weights ~ N(0, init_std) (authors' code)
+    item_repr: str = "id"       # id (paper) | id+attributes: + the mean of the item's attribute embeddings
 
 
-class CORE(SessionModel):
+class CORE(AttributeMean, SessionModel):
     Config = COREConfig
 
     def __init__(self, config: COREConfig, spec):
@@ -54,7 +61,12 @@ class CORE(SessionModel):
             raise ValueError(f"temperature must be > 0, got {config.temperature}")
         if d % config.n_heads:
             raise ValueError(f"dim {d} must be divisible by n_heads {config.n_heads}")
+        if config.item_repr not in ("id", "id+attributes"):
+            raise ValueError(f"item_repr must be 'id' or 'id+attributes', got {config.item_repr!r}")
         self.item_embedding = nn.Embedding(spec.n_items + 1, d, padding_idx=0)
+        if config.item_repr == "id+attributes":
+            self.attr_embedding = nn.Embedding(max(spec.n_entities - spec.n_items - 1, 1), d)
+            self._init_attribute_buffers()
         self.sess_drop = nn.Dropout(config.sess_dropout)
         self.item_drop = nn.Dropout(config.item_dropout)
         # the representation-driven weighting network ("RDM" transformer)
@@ -93,12 +105,20 @@ class CORE(SessionModel):
     def encode(self, batch: Batch) -> torch.Tensor:
         """(B, d) h_s = sum_t alpha_t x_t, unnormalised."""
         batch = latest(batch, self.config.max_len)
-        X = self.sess_drop(self.item_embedding(batch.items))                     # (B, L, d)
+        X = self.sess_drop(F.embedding(batch.items, self.item_embeddings(), padding_idx=0))  # (B, L, d)
         alpha = self.position_weights(batch, X)
         return torch.bmm(alpha[:, None, :], X).squeeze(1)
 
+    def fit_statistics(self, data) -> None:
+        if self.config.item_repr == "id+attributes":
+            self._fit_attributes(data)
+
     def item_embeddings(self) -> torch.Tensor:
-        return self.item_embedding.weight
+        """(n_items + 1, d) the item vectors: own embedding (+ attribute mean); row 0 is 0."""
+        E = self.item_embedding.weight
+        if self.config.item_repr == "id":
+            return E
+        return E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight)
 
     def session_vectors(self, batch: Batch) -> torch.Tensor:
         """(B, d) h_s / (||h_s|| tau): its dot product with ``candidate_vectors`` is cos / tau."""
@@ -106,8 +126,8 @@ class CORE(SessionModel):
 
     def candidate_vectors(self) -> torch.Tensor:
         """(n_items + 1, d) unit-norm item embeddings (row 0, padding, stays 0)."""
-        return F.normalize(self.item_embedding.weight, dim=-1)
+        return F.normalize(self.item_embeddings(), dim=-1)
 
     def sr_loss(self, batch: Batch) -> torch.Tensor:
-        E = F.normalize(self.item_drop(self.item_embedding.weight[1:]), dim=-1)   # (n_items, d)
+        E = F.normalize(self.item_drop(self.item_embeddings()[1:]), dim=-1)      # (n_items, d)
         return F.cross_entropy(self.session_vectors(batch) @ E.T, batch.targets - 1)

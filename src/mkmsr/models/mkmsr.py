@@ -34,6 +34,7 @@ from torch import nn
 
 from ..data.batching import Batch
 from ..data.dataset import DatasetSpec
+from .attributes import AttributeMean
 from .base import SessionModel
 from .layers import GGNN, SoftAttention, TransH, cosine_item_vectors, full_softmax_ce, session_graph, unique_rows
 
@@ -66,7 +67,7 @@ class MKMSRConfig:
     score_scale: float = 16.0      # the scale of cosine scoring (NISER's sigma)
 
 
-class MKMSR(SessionModel):
+class MKMSR(AttributeMean, SessionModel):
     Config = MKMSRConfig
     softmax_loss = True  # sr_loss: the full softmax over s^T i_j (the repeat boost is inference-only)
 
@@ -99,29 +100,12 @@ class MKMSR(SessionModel):
         if config.scoring not in ("dot", "cosine"):
             raise ValueError(f"scoring must be 'dot' or 'cosine', got {config.scoring!r}")
         if config.item_repr == "id+attributes":
-            # (item_idx, attribute row, 1/#attributes of the item) for every knowledge triplet;
-            # filled by fit_statistics, sized by the checkpoint on load
-            self.register_buffer("attr_item", torch.zeros(0, dtype=torch.long))
-            self.register_buffer("attr_value", torch.zeros(0, dtype=torch.long))
-            self.register_buffer("attr_weight", torch.zeros(0))
+            self._init_attribute_buffers()
         self._init(config.init_std)
 
     def fit_statistics(self, data) -> None:
-        if self.config.item_repr != "id+attributes":
-            return
-        kg = torch.from_numpy(data.kg.astype("int64"))
-        heads = kg[:, 0]
-        per_item = torch.bincount(heads, minlength=self.spec.n_items + 1).clamp(min=1)
-        self.attr_item = heads.to(self.attr_item.device)
-        self.attr_value = (kg[:, 2] - (self.spec.n_items + 1)).to(self.attr_item.device)
-        self.attr_weight = (1.0 / per_item[heads].float()).to(self.attr_item.device)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the attribute buffers are data-sized: take the checkpoint's sizes before copying
-        for name in ("attr_item", "attr_value", "attr_weight"):
-            if prefix + name in state_dict and hasattr(self, name):
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.config.item_repr == "id+attributes":
+            self._fit_attributes(data)
 
     def _init(self, std: float) -> None:
         # Embeddings ~ N(0, 0.1) as the paper says; other weights U(-1/sqrt(d), 1/sqrt(d)) as SR-GNN.
@@ -155,18 +139,6 @@ class MKMSR(SessionModel):
         # the item vectors are the table itself (no attribute mean, no normalisation) and the
         # GGNN input, the sampled candidates and the TransH heads are row lookups into it
         return self.config.item_repr == "id" and self.config.scoring == "dot" and self.softmax_loss
-
-    def _attribute_matrix(self) -> torch.Tensor:
-        """The (n_items + 1, n_attribute_rows) sparse mean-of-attributes matrix, built from the
-        buffers once per buffer instance (so a load or a device move rebuilds it)."""
-        key = (self.attr_item.data_ptr(), self.attr_item.device, self.attr_item.numel())
-        cache = getattr(self, "_attr_cache", None)
-        if cache is None or cache[0] != key:
-            idx = torch.stack([self.attr_item, self.attr_value])
-            S = torch.sparse_coo_tensor(idx, self.attr_weight, (self.spec.n_items + 1, self.attr_embedding.num_embeddings),
-                                        check_invariants=False).coalesce()
-            self._attr_cache = cache = (key, S)
-        return cache[1]
 
     def _attribute_csr(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean-of-attributes matrix and its transpose as sparse CSR (cached like
