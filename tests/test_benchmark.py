@@ -210,22 +210,33 @@ def test_a_run_differing_in_inference_options_only_reuses_a_finished_training(sy
 
 
 def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(synthetic_data, tmp_path):
-    """mkmsr-rn trains its explore expert (CORE) with its own training options first; in the
-    benchmark that is exactly CORE's row for the same dataset and seed, so a finished CORE run is
+    """mkmsr-rn trains its explore expert (CORE-KG) with its own training options first; in the
+    benchmark that is exactly CORE-KG's row for the same dataset and seed, so a finished run of it is
     copied into RUN/expert instead of trained again (its per-epoch log, timings included, is the
-    row's), and the expert's figures are the row's."""
+    row's), and the expert's figures are the row's. A variant with another expert
+    (mkmsr-rn-core-expert) reuses the mixture's training but never the other expert."""
     data = PreparedData(synthetic_data)
     train = {"epochs": 2, "patience": 2, "threads": 1}
-    core = bm.RunSpec("syn", data.path, "core", 0, {}, train)
-    row, _ = bm.run_one(tmp_path, core, data)
+    kg = bm.RunSpec("syn", data.path, "core-kg", 0, {}, train)
+    row, _ = bm.run_one(tmp_path, kg, data)
     spec = bm.RunSpec("syn", data.path, "mkmsr-rn", 0, {"dim": 8}, train)
     got, trained = bm.run_one(tmp_path, spec, data)
-    rd, cd = spec.run_dir(tmp_path), core.run_dir(tmp_path)
+    rd, cd = spec.run_dir(tmp_path), kg.run_dir(tmp_path)
     assert trained and (rd / "expert" / "log.jsonl").read_text() == (cd / "log.jsonl").read_text()
-    assert got["explore_expert"]["test"] == row["test"]
-    # another seed has no finished CORE run: the expert is trained there, in the run's folder
+    assert got["explore_expert"]["test"] == row["test"] and got["explore_expert"]["model"] == "core-kg"
+    # another seed has no finished CORE-KG run: the expert is trained there, in the run's folder
     other = bm.RunSpec("syn", data.path, "mkmsr-rn", 1, {"dim": 8}, train)
     got1, _ = bm.run_one(tmp_path, other, data)
     assert (other.run_dir(tmp_path) / "expert" / "metrics.json").exists()
-    assert not core.run_dir(tmp_path).with_name("seed1").exists()
-    assert got1["explore_expert"]["model"] == "core"
+    assert not kg.run_dir(tmp_path).with_name("seed1").exists()
+    assert got1["explore_expert"]["model"] == "core-kg"
+    # the same mixture with plain CORE as its expert: the mixture's training is reused from the
+    # mkmsr-rn run, the expert is CORE's own row (not the donor's CORE-KG)
+    core = bm.RunSpec("syn", data.path, "core", 0, {}, train)
+    core_row, _ = bm.run_one(tmp_path, core, data)
+    alt = bm.RunSpec("syn", data.path, "mkmsr-rn-core-expert", 0, {"dim": 8}, train)
+    assert bm._training_donor(tmp_path, alt, data) == rd
+    got2, trained = bm.run_one(tmp_path, alt, data)
+    assert trained and got2["explore_expert"]["model"] == "core" and got2["explore_expert"]["test"] == core_row["test"]
+    assert got2["best_epoch"] == got["best_epoch"] and got2["epochs_run"] == got["epochs_run"]
+    assert (alt.run_dir(tmp_path) / "expert" / "log.jsonl").read_text() == (core.run_dir(tmp_path) / "log.jsonl").read_text()

@@ -467,9 +467,9 @@ def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_withou
     got = with_expert.fit()
     plain = Trainer(data, "mkmsr-rn-no-expert", {"dim": 16}, cfg(), tmp_path / "plain", progress=False)
     ref = plain.fit()
-    core = Trainer(data, "core", None, cfg(), tmp_path / "core", progress=False)
+    core = Trainer(data, "core-kg", None, cfg(), tmp_path / "core", progress=False)   # the default expert
     alone = core.fit()
-    assert got["explore_expert"]["test"] == alone["test"] and got["explore_expert"]["model"] == "core"
+    assert got["explore_expert"]["test"] == alone["test"] and got["explore_expert"]["model"] == "core-kg"
     assert (tmp_path / "rn" / "expert" / "best" / "model.pt").exists()
     exp_sd = with_expert.model.expert.state_dict()
     assert all(torch.equal(v, core.model.state_dict()[k]) for k, v in exp_sd.items())

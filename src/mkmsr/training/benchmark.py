@@ -208,6 +208,16 @@ def _training_donor(out: Path, spec: RunSpec, data: PreparedData) -> Path | None
     return None
 
 
+def _expert_of(rd: Path) -> str:
+    """The explore expert a finished run was trained with ("" for none), from its config.json."""
+    saved = read_json(rd / "config.json") if (rd / "config.json").exists() else {}
+    return str((saved.get("model_config") or {}).get("explore_expert", ""))
+
+
+def _expert_of_spec(spec: RunSpec) -> str:
+    return str(getattr(make_config(spec.model, spec.model_overrides), "explore_expert", ""))
+
+
 def _seed_expert(out: Path, spec: RunSpec, data: PreparedData, rd: Path) -> None:
     """A model with an explore expert (mkmsr-rn) trains the expert first, in ``RUN/expert``, with
     the run's own training options (``Trainer._attach_expert``): that is exactly the expert
@@ -257,7 +267,7 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
                 (rd / "metrics.json").unlink(missing_ok=True)
                 with atomic_dir(rd, overwrite=True) as tmp:
                     for name in ("best", "state", "expert"):
-                        if name != "expert" or (donor / name).is_dir():
+                        if name != "expert" or ((donor / name).is_dir() and _expert_of(donor) == _expert_of_spec(spec)):
                             shutil.copytree(donor / name, tmp / name)
                     for name in ("log.jsonl", "config.json"):
                         if (donor / name).exists():

@@ -560,10 +560,10 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         model = self._build()
         best = torch.load(out / "best" / "model.pt", map_location=self.device, weights_only=True)
-        # the explore expert is trained apart from the rest (attached below): a run trained without
-        # one lacks its weights, and a run with one may finish as a model without
-        if getattr(model, "expert", None) is None:
-            best = {k: v for k, v in best.items() if not k.startswith("expert.")}
+        # the explore expert is trained apart from the rest and attached below (``_attach_expert``):
+        # a run trained without one lacks its weights, and a run with one may finish as a model
+        # without one or with another expert, so its expert weights are never taken from here
+        best = {k: v for k, v in best.items() if not k.startswith("expert.")}
         missing, unexpected = model.load_state_dict(best, strict=False)
         if unexpected or any(not k.startswith("expert.") for k in missing):
             raise ConfigError(f"cannot refinish {out}: its weights do not fit this configuration "
