@@ -207,6 +207,13 @@ def test_a_run_differing_in_inference_options_only_reuses_a_finished_training(sy
     assert not bm._same_run(spec.run_dir(tmp_path), spec, data)
     redone, trained = bm.run_one(tmp_path, spec, data)
     assert trained and redone["test"] == got["test"] and bm._same_run(spec.run_dir(tmp_path), spec, data)
+    # so is one calibrated by another search (one start: runs from before the multi-start search)
+    old = read_json(mp)
+    old["tuned_on_validation"]["calibration_search"]["starts"] = 1
+    mp.write_text(json.dumps(old))
+    assert "calibrated" in bm._run_mismatch(spec.run_dir(tmp_path), spec, data)
+    redone, trained = bm.run_one(tmp_path, spec, data)
+    assert trained and redone["tuned_on_validation"]["calibration_search"]["starts"] == 4
 
 
 def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(synthetic_data, tmp_path):

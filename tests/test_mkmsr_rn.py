@@ -2,6 +2,7 @@
 own-session exclusion of the neighbourhood on training prefixes, attribute-only cold items, and
 the validation calibration. tests/test_model_contract.py runs the shared contract on it."""
 import dataclasses
+import json
 
 import numpy as np
 import torch
@@ -236,9 +237,51 @@ def test_training_calibrates_the_mixture_on_validation(synthetic_data, tmp_path)
     assert tuned["cold_shift"] in (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
     curve = tuned["valid_mrr@20_by_calibration"]
     assert max(curve.values()) == m["valid"]["mrr@20"]      # the chosen point is the validation best
+    # multi-start: the configured values, then random grid points; the best end wins
+    paths = tuned["calibration_paths"]
+    assert tuned["calibration_search"]["starts"] == len(paths) == 4
+    assert paths[0]["start"]["gate_shift"] == 0.0 and paths[0]["start"]["nb_multiplier"] == 1.0
+    assert len({json.dumps(p["start"], sort_keys=True) for p in paths}) > 1
+    best = max(p["valid_mrr@20"] for p in paths)
+    assert best == m["valid"]["mrr@20"]
+    first = next(p for p in paths if p["valid_mrr@20"] == best)
+    assert all(tuned[k] == v for k, v in first["end"].items())
+    for p in paths:   # every end is a point the search evaluated, with that value
+        assert curve[json.dumps(p["end"], sort_keys=True)] == p["valid_mrr@20"]
     assert m["test_best_over_epochs"].get("not_applicable")
-    saved = __import__("json").loads((tmp_path / "run" / "best" / "model.json").read_text())["config"]
+    saved = json.loads((tmp_path / "run" / "best" / "model.json").read_text())["config"]
     assert saved["nb_multiplier"] == tuned["nb_multiplier"] and saved["gate_shift"] == tuned["gate_shift"]
+
+
+def test_the_calibration_memo_changes_no_score(synthetic_data):
+    """Inside ``calibration_memo`` the option-independent parts of a forward pass are computed once
+    per batch and reused: scores at every calibration option equal those computed afresh."""
+    m, data = fitted(synthetic_data, cold_items="match", explore_expert="core", match_alpha=-1.0)
+    b = some_batch(data, 9)
+    settings = [dict(expert_weight=0.0, gate_shift=0.0, repeat_explore=0.0),
+                dict(expert_weight=2.0, gate_shift=3.0, repeat_recency=1.0, repeat_explore=1.0, explore_neural=0.25,
+                     nb_multiplier=4.0, match_idf=1.0, match_tau=4.0),
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0)]
+
+    base = {k: getattr(m.config, k) for opts in settings for k in opts}
+
+    def scores():
+        out = []
+        for opts in settings:
+            for k, v in {**base, **opts}.items():
+                setattr(m.config, k, v)
+            with torch.inference_mode():
+                out.append(m.score(b))
+        return out
+
+    fresh = scores()
+    with m.calibration_memo():
+        memo1, memo2 = scores(), scores()
+        assert m._memo                                       # it did keep parts
+    assert m._memo is None
+    for f, a, c in zip(fresh, memo1, memo2):
+        assert torch.equal(f, a) and torch.equal(f, c)
+    assert not torch.equal(fresh[0], fresh[1])               # the options do change the scores
 
 
 def test_knowledge_match_component(synthetic_data):

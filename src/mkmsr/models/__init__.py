@@ -61,6 +61,8 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
     "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
     "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core"}),
+    "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1}),
+    "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20"}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)

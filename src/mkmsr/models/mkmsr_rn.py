@@ -64,6 +64,7 @@ against CORE's 2.98).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -80,6 +81,8 @@ NB_SCALE = 8.0
 #: share of the sum is below e^-80 (~1e-35), but exp() of them gives float32 subnormals, which
 #: this CPU computes ~50x slower (the neighbourhood features spread a row over ~100 nats)
 LSE_FLOOR = 80.0
+#: the most bytes :meth:`MKMSRRN.calibration_memo` keeps (beyond it the parts are computed afresh)
+MEMO_BYTES = 2 << 30
 
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +188,12 @@ class MKMSRRNConfig(MKMSRConfig):
                                    # repeat mass concentrates on the items both favour: the others drop
                                    # below the best new items instead of all sitting above them (0: off)
     calibrate: bool = field(default=True, metadata={"inference_only": True})
+    calibration_starts: int = field(default=4, metadata={"inference_only": True})
+                                   # starting points of the calibration's coordinate ascent: the
+                                   # configured values, then random grid points (Trainer._calibrate)
+    calibration_metric: str = field(default="", metadata={"inference_only": True})
+                                   # the validation figure the calibration maximises: "" = the
+                                   # trainer's select_metric; "a+b" = the sum of two (e.g. hit@20+mrr@20)
     cold_items: str = "match"      # match (default): as "attributes", plus the knowledge-match component
                                    # below (inference only: training is that of "attributes") |
                                    # attributes: never-trained items are scored by their attribute
@@ -287,6 +296,9 @@ class MKMSRRN(MKMSR):
         #: (split origin, own session excluded) -> CSR (indptr, cols, vals) of the normalised
         #: neighbourhood scores of every prefix of that split (fit_statistics, when nb_cache; not saved)
         self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
+        #: while :meth:`calibration_memo` is active: (batch, part) -> the part's value
+        self._memo: dict | None = None
+        self._memo_bytes = 0
 
     @classmethod
     def training_identity(cls, config: dict) -> dict:
@@ -324,6 +336,34 @@ class MKMSRRN(MKMSR):
             grid["match_tau"] = (1.0, 2.0, 4.0, 8.0)
             grid["match_idf"] = (0.0, 1.0)
         return grid
+
+    @contextmanager
+    def calibration_memo(self):
+        """Within this context, the parts of an inference forward pass that no calibration
+        option changes (the micro-behaviour encoder and session vector, the neural and expert
+        logits, the raw repeat attention and gate logits, the knowledge-match counts) are computed
+        once per evaluation batch and reused: the calibration evaluates the validation split at
+        many option values, and each then costs only the mixing (``Trainer._calibrate``). Same
+        values as without it; at most ``MEMO_BYTES`` kept. Weights must not change inside it."""
+        self._memo, self._memo_bytes = {}, 0
+        try:
+            yield
+        finally:
+            self._memo, self._memo_bytes = None, 0
+
+    def _frozen(self, batch: Batch, part: str, fn):
+        """``fn()``, memoised per (batch, part) while :meth:`calibration_memo` is active."""
+        if self._memo is None or self.training or batch.sample_idx is None or torch.is_grad_enabled():
+            return fn()
+        key = (batch.origin, part, tuple(batch.items.shape), batch.sample_idx.cpu().numpy().tobytes())
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = fn()
+            size = sum(t.numel() * t.element_size() for t in (hit if isinstance(hit, tuple) else (hit,))
+                       if isinstance(t, torch.Tensor))
+            if self._memo_bytes + size <= MEMO_BYTES:
+                self._memo[key], self._memo_bytes = hit, self._memo_bytes + size
+        return hit
 
     # ---- statistics ------------------------------------------------------------------------
     def fit_statistics(self, data) -> None:
@@ -451,20 +491,24 @@ class MKMSRRN(MKMSR):
     def _explore_terms(self, batch: Batch, s: torch.Tensor, V: torch.Tensor, own_excluded: bool) -> dict:
         """``explore`` (B, n) logits, and with the cold component ``cold`` / ``cold_idx`` (see
         :meth:`_parts`), from the (B, d) session vectors ``s`` and the item vectors ``V``."""
-        neural = s @ V[1:].T                                                     # (B, n)
-        if self.config.explore_core:
-            E = self.core.item_embedding.weight[1:]
-            if self.training:
-                E = self.core.item_drop(E)
-            core = self.core.session_vectors(batch) @ F.normalize(E, dim=-1).T      # cos / tau
-            core = core * self.warm[1:][None, :]
-            neural = core if self.config.explore_core == "only" else neural + core
+        def neural_term() -> torch.Tensor:
+            neural = s @ V[1:].T                                                 # (B, n)
+            if self.config.explore_core:
+                E = self.core.item_embedding.weight[1:]
+                if self.training:
+                    E = self.core.item_drop(E)
+                core = self.core.session_vectors(batch) @ F.normalize(E, dim=-1).T  # cos / tau
+                core = core * self.warm[1:][None, :]
+                neural = core if self.config.explore_core == "only" else neural + core
+            return neural
+
+        neural = self._frozen(batch, "neural", neural_term)
         e = neural
         if self.config.explore_neural != 1.0 and not self.training:
             e = neural * self.config.explore_neural
         if self.expert is not None and self.config.expert_weight and not self.training:
             with torch.no_grad():
-                x = self.expert.logits(batch)                                    # (B, n)
+                x = self._frozen(batch, "expert", lambda: self.expert.logits(batch))  # (B, n)
             # the expert never trained the cold items' rows: it scores warm items only
             e = e + (self.config.expert_weight * x) * self.warm[1:][None, :]
         if self.config.neighbours:
@@ -493,15 +537,18 @@ class MKMSRRN(MKMSR):
         With ``targets`` (B,) item_idx (a training step; see :meth:`_fusable`) the full (B, n)
         terms are not built: ``explore_lse`` / ``explore_t`` (B,) hold the explore logsumexp and
         the target's explore logit, ``p_rep_t`` (B,) the target's repeat probability."""
-        M = self.micro_behaviours(batch, V)
+        def encode() -> tuple[torch.Tensor, ...]:
+            M = self.micro_behaviours(batch, V)
+            last = M[torch.arange(M.shape[0], device=M.device), batch.lengths - 1]
+            s_g, _ = self.attention(M, last, batch.mask)
+            s_raw = self.W3(torch.cat([last, s_g], dim=-1))                      # (B, d)
+            s = s_raw
+            if self.config.scoring == "cosine":
+                s = self.config.score_scale * F.normalize(s_raw, dim=-1)
+            return M, last, s_raw, s
+
+        M, last, s_raw, s = self._frozen(batch, "encoder", encode)
         B, L = batch.items.shape
-        ar = torch.arange(B, device=M.device)
-        last = M[ar, batch.lengths - 1]
-        s_g, _ = self.attention(M, last, batch.mask)
-        s_raw = self.W3(torch.cat([last, s_g], dim=-1))                          # (B, d)
-        s = s_raw
-        if self.config.scoring == "cosine":
-            s = self.config.score_scale * F.normalize(s_raw, dim=-1)
         if targets is not None:   # a training step: the fused explore term (see _fusable)
             r, c, f = self._nb_features(batch, own_excluded, s)
             pad = torch.zeros(1, dtype=torch.long, device=s.device)              # the padding column
@@ -513,8 +560,8 @@ class MKMSRRN(MKMSR):
             mask = batch.mask
             rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=M.device)[None, :])
             rec = rec.clamp(0, self.config.recency_buckets - 1)
-            h = torch.tanh(self.rep_m(M) + self.rep_s(s_raw)[:, None, :] + self.rep_pos(rec))
-            a = self.rep_v(h).squeeze(-1)
+            a = self._frozen(batch, "repeat", lambda: self.rep_v(
+                torch.tanh(self.rep_m(M) + self.rep_s(s_raw)[:, None, :] + self.rep_pos(rec))).squeeze(-1))
             if self.config.repeat_explore and not self.training and "explore" in out:
                 # inference-time: the explore evidence of each session item joins its attention
                 # logit (a cold item, -inf there under cold_items="component", stays neutral)
@@ -536,7 +583,7 @@ class MKMSRRN(MKMSR):
                 p_rep[:, 0] = 0.0
                 out["p_rep"] = p_rep
         if len(self.components) > 1:
-            g = self.gate(torch.cat([s_raw, last], dim=-1))                       # (B, C)
+            g = self._frozen(batch, "gate", lambda: self.gate(torch.cat([s_raw, last], dim=-1)))  # (B, C)
             shift = torch.tensor([{"explore": 0.0, "repeat": self.config.gate_shift,
                                    "cold": self.config.cold_shift}[c] for c in self.components],
                                  dtype=g.dtype, device=g.device)
@@ -601,7 +648,8 @@ class MKMSRRN(MKMSR):
         c = self.config
         if c.match_alpha <= -20.0:
             return lp
-        raw, cols = self.knowledge_match(batch)
+        raw, cols = self._frozen(batch, f"match idf {c.match_idf} recency {c.match_recency}",
+                                 lambda: self.knowledge_match(batch))
         if not cols.numel():
             return lp
         has = raw > 0

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from .evaluate import evaluate
 from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from ..models import MODELS, build_model, make_config, model_names
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, calibration_search
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +167,9 @@ def _run_mismatch(run_dir: Path, spec: RunSpec, data: PreparedData) -> str | Non
 
 def _calibrated_alike(run_dir: Path, spec: RunSpec, data: PreparedData, cfg) -> bool:
     """A model calibrated on validation after training (``calibration_grid``) was calibrated over
-    today's grid: a run from before an axis or a value was added is finished again
-    (:meth:`Trainer.refinish`, no training)."""
+    today's grid by today's search (:func:`calibration_search`): a run from before an axis or a
+    value was added, or searched otherwise, is finished again (:meth:`Trainer.refinish`, no
+    training)."""
     cls = MODELS[spec.model][0]
     if not hasattr(cls, "calibration_grid"):
         return True
@@ -176,6 +177,9 @@ def _calibrated_alike(run_dir: Path, spec: RunSpec, data: PreparedData, cfg) -> 
     if not grid:
         return True
     tuned = read_json(run_dir / "metrics.json").get("tuned_on_validation") or {}
+    # runs from before the search was recorded searched from one start
+    if tuned.get("calibration_search", {**calibration_search(None), "starts": 1}) != calibration_search(cfg):
+        return False
     if "calibration_grid" in tuned:
         return tuned["calibration_grid"] == _as_json(grid)
     return set(grid) <= set(tuned)
