@@ -40,7 +40,7 @@ from table2 import seed_matrix  # noqa: E402
 LEAD = "mkmsr-rn"
 MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "stamp", "sasrec", "gcsan",
           "repeatnet", "core", "core-kg", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
-ABLATIONS = ["mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-nb", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
+ABLATIONS = ["mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr", "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-nb", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
 SPLIT = ("hit@20", "mrr@20", "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20",
          "cold_first_hit@20", "cold_first_mrr@20")
 
@@ -68,10 +68,24 @@ def prepared(work: Path, shared: Path) -> dict[str, Path]:
     return out
 
 
-def run_dirs(work: Path, label: str, data: Path, model: str, seeds: int) -> list[Path]:
+def run_dirs(work: Path, label: str, data: PreparedData, model: str, seeds: int) -> list[Path]:
+    """The finished runs of a row, seeds 0..seeds-1. A run calibrated on validation by another
+    grid or search than today's (``benchmark._calibrated_alike``) is left out, with a message:
+    a report never mixes it with the rerun rows (run without --report-only to finish it again)."""
     trainable = bm.MODELS[model][0].trainable
-    dirs = [bm.RunSpec(label, data, model, s).run_dir(work) for s in range(seeds if trainable else 1)]
-    return [d for d in dirs if (d / "metrics.json").exists()]
+    dirs = [bm.RunSpec(label, data.path, model, s).run_dir(work) for s in range(seeds if trainable else 1)]
+    out = []
+    for d in dirs:
+        if not (d / "metrics.json").exists():
+            continue
+        saved = read_json(d / "config.json").get("model_config") if (d / "config.json").exists() else None
+        cfg = bm.make_config(model, bm.MODELS[model][0].upgrade_config(saved) if saved else None)
+        if not bm._calibrated_alike(d, bm.RunSpec(label, data.path, model, 0), data, cfg):
+            say(f"left out of the report: {d} (calibrated by an older grid or search; run lead.py without "
+                "--report-only to finish it again)")
+            continue
+        out.append(d)
+    return out
 
 
 def row(dirs: list[Path]) -> dict:
@@ -105,7 +119,7 @@ def report(work: Path, datasets: dict[str, Path], models: list[str], seeds: int,
     for label, path in datasets.items():
         data = PreparedData(path)
         rows, verdicts = {}, {}
-        dirs = {m: run_dirs(work, label, path, m, seeds) for m in models}
+        dirs = {m: run_dirs(work, label, data, m, seeds) for m in models}
         for m, ds in dirs.items():
             if ds:
                 rows[m] = row(ds)
