@@ -219,8 +219,9 @@ def main(argv=None) -> int:
     if not a.report_only:
         sets = {k: v for k, v in allsets.items() if k in want}
         optuna = {"trials": a.tune_trials, "minutes": a.tune_minutes} if a.tune_trials else None
-        bm.run_benchmark(work, sets, models, 1, train, on_progress=say, optuna=optuna)   # every row once first
-        bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say, optuna=optuna)
+        if models:   # (run_benchmark reads an empty list as every registered model)
+            bm.run_benchmark(work, sets, models, 1, train, on_progress=say, optuna=optuna)   # every row once first
+            bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say, optuna=optuna)
         if abl:
             bm.run_benchmark(work, sets, abl, a.ablation_seeds, train, on_progress=say, optuna=optuna)
     res = report(work, allsets, models + abl, a.seeds, a.lead)
