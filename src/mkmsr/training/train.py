@@ -727,26 +727,10 @@ class Trainer:
                 seen[key] = sum(got[m] for m in select.split("+"))
             return seen[key]
 
-        def ascend(cur: dict) -> tuple[dict, float]:
-            best = value(cur)
-            for _ in range(search["rounds"]):
-                changed = False
-                for axis, vals in grid.items():
-                    for v in vals:
-                        cand = {**cur, axis: v}
-                        cv = value(cand)
-                        if cv > best + 1e-12:
-                            cur, best, changed = cand, cv, True
-                if not changed:
-                    break
-            return cur, best
-
-        rng = np.random.default_rng([self.config.seed, 0xCA1])
-        starts = [{k: getattr(cfg, k) for k in grid}] + [
-            {k: vals[int(rng.integers(len(vals)))] for k, vals in grid.items()} for _ in range(search["starts"] - 1)]
+        starts = calibration_start_points(grid, {k: getattr(cfg, k) for k in grid}, self.config.seed, search["starts"])
         memo = getattr(model, "calibration_memo", None)
         with memo() if callable(memo) else contextlib.nullcontext():
-            ends = [ascend(p) for p in starts]
+            ends = [coordinate_ascent(value, grid, p, search["rounds"]) for p in starts]
         cur, best = max(ends, key=lambda e: e[1])              # the first of equals: the configured start
         for k, v in cur.items():
             setattr(cfg, k, v)
@@ -851,6 +835,34 @@ class Trainer:
         self.history = saved.pop("history")
         saved.pop("run")
         return saved
+
+
+def coordinate_ascent(value: Callable[[dict], float], grid: dict[str, tuple], start: dict,
+                      rounds: int) -> tuple[dict, float]:
+    """Greedy coordinate ascent of ``value`` over ``grid`` (field -> values) from ``start``: each
+    axis in turn, every value, ``rounds`` passes (fewer when a pass changes nothing); a value
+    replaces the current one only when strictly better. Returns (end point, its value)."""
+    cur, best = dict(start), value(start)
+    for _ in range(rounds):
+        changed = False
+        for axis, vals in grid.items():
+            for v in vals:
+                cand = {**cur, axis: v}
+                cv = value(cand)
+                if cv > best + 1e-12:
+                    cur, best, changed = cand, cv, True
+        if not changed:
+            break
+    return cur, best
+
+
+def calibration_start_points(grid: dict[str, tuple], configured: dict, seed: int, n: int) -> list[dict]:
+    """The calibration's starting points: the configured values, then ``n - 1`` points drawn
+    uniformly from ``grid`` with a generator seeded by the training seed (so a run's search is
+    reproducible and differs between seeds)."""
+    rng = np.random.default_rng([seed, 0xCA1])
+    return [dict(configured)] + [{k: vals[int(rng.integers(len(vals)))] for k, vals in grid.items()}
+                                 for _ in range(n - 1)]
 
 
 def calibration_search(model_config: Any) -> dict:

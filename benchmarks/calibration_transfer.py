@@ -1,0 +1,150 @@
+"""Does MKM-SR-RN's calibration transfer forward in time *within* validation? (A reading of the
+benchmark's finished runs, not its protocol; the test split chooses nothing here.)
+
+    .venv/bin/python benchmarks/calibration_transfer.py --work W [--datasets Demo] [--seeds 0,1,2,3,4]
+
+MKM-SR-RN chooses its inference-time options on validation (``Trainer._calibrate``). On the JDATA
+Demo the mixture is ahead of its own explore expert (CORE-KG) on validation and behind it on the
+test period, which starts 10 hours later. Two explanations predict different things here:
+
+* the calibration *overfits* validation (11 options, ~1,400 samples): then options chosen on the
+  earlier half of the validation sessions lose their edge over the expert on the later half;
+* the test period *differs* from the training period: then they keep it on the later half.
+
+For each finished run (its validation-selected weights, ``best/``): the validation sessions are
+split at their median start time; the calibration search of the run (same grid, starting points,
+rounds and metric) runs on the earlier half alone; the later half scores the chosen options and
+the expert alone (paired over samples and seeds: ``mkmsr.benchmark.paired_bootstrap``). Beside
+it, the same difference on test, from the run's saved ranks (calibrated on all of validation).
+Prints a table and saves ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from mkmsr.checkpoint import load_checkpoint  # noqa: E402
+from mkmsr.data.dataset import PreparedData  # noqa: E402
+from mkmsr.fsutil import write_json  # noqa: E402
+from mkmsr.training.benchmark import paired_bootstrap  # noqa: E402
+from mkmsr.training.evaluate import split_rank_counts  # noqa: E402
+from mkmsr.training.train import calibration_search, calibration_start_points, coordinate_ascent  # noqa: E402
+
+PREPARED = {"Demo": "prepared-drop", "Demo(N)": "prepared-keep", "Taobao": "prepared-taobao"}
+
+
+def per_sample(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-sample Hit@20 and reciprocal rank@20, in percent (pessimistic ranks)."""
+    return {"hit@20": (ranks <= 20) * 100.0, "mrr@20": np.where(ranks <= 20, 100.0 / ranks, 0.0)}
+
+
+def saved_ranks(path: Path) -> np.ndarray:
+    z = np.load(path)
+    return z["greater"] + z["ties"] + 1
+
+
+def transfer(rd: Path, data: PreparedData, early: np.ndarray) -> dict:
+    """One run: the calibration searched on the ``early`` validation samples; per-sample figures of
+    the chosen options and of the expert on every validation sample, and on test."""
+    run = json.loads((rd / "config.json").read_text())
+    max_len = run["train_config"].get("max_len")
+    model = load_checkpoint(rd / "best")[0].eval()
+    model.fit_statistics(data)
+    cfg = model.config
+    grid = model.calibration_grid()
+    search = calibration_search(cfg)
+    metric = search.get("metric") or run["train_config"].get("select_metric", "mrr@20")
+    cache: dict[str, dict] = {}
+
+    def figures(p: dict) -> dict:
+        key = json.dumps(p, sort_keys=True)
+        if key not in cache:
+            for k, v in p.items():
+                setattr(cfg, k, v)
+            cache[key] = per_sample(split_rank_counts(model, data, "valid", 512, max_len)["ranks"])
+        return cache[key]
+
+    def value(p: dict) -> float:
+        f = figures(p)
+        return float(sum(f[m][early].mean() for m in metric.split("+")))
+
+    configured = {k: getattr(type(cfg)(), k) for k in grid}     # what the run's search started from
+    starts = calibration_start_points(grid, configured, int(run["train_config"]["seed"]), search["starts"])
+    t = time.perf_counter()
+    with model.calibration_memo():
+        ends = [coordinate_ascent(value, grid, p, search["rounds"]) for p in starts]
+    chosen, _ = max(ends, key=lambda e: e[1])
+    expert_valid = per_sample(split_rank_counts(model.expert, data, "valid", 512, max_len)["ranks"])
+    return {"chosen": chosen, "points": len(cache), "seconds": round(time.perf_counter() - t, 1),
+            "valid": figures(chosen), "expert_valid": expert_valid,
+            "test": per_sample(saved_ranks(rd / "test_ranks.npz")),
+            "expert_test": per_sample(saved_ranks(rd / "expert" / "test_ranks.npz"))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="a benchmark work folder (runs/, prepared-*/)")
+    p.add_argument("--datasets", default="Demo")
+    p.add_argument("--model", default="mkmsr-rn")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=str(ROOT / "docs" / "calibration-transfer.json"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    work = Path(a.work)
+    res: dict = {"command": "benchmarks/calibration_transfer.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "model": a.model, "datasets": {}}
+    for label in [d for d in a.datasets.split(",") if d]:
+        data = PreparedData(work / PREPARED[label])
+        arr = data.split("valid")
+        sess, _ = arr.samples()
+        start = pl.read_parquet(data.path / "valid.sessions.parquet")["start"].to_numpy()
+        early = start[sess] < np.median(start)
+        late = ~early
+        runs = {}
+        for seed in [int(s) for s in a.seeds.split(",")]:
+            rd = work / "runs" / label / a.model / f"seed{seed}"
+            if not (rd / "best").exists() or not (rd / "expert" / "test_ranks.npz").exists():
+                print(f"{label} seed {seed}: no finished run with an expert in {rd}, skipped", flush=True)
+                continue
+            runs[seed] = transfer(rd, data, early)
+            r = runs[seed]
+            print(f"{label} seed {seed}: chosen on the earlier {int(early.sum())} validation samples "
+                  f"({r['points']} points, {r['seconds']:.0f} s): {r['chosen']}", flush=True)
+        if not runs:
+            continue
+        out = {"valid_samples": {"earlier": int(early.sum()), "later": int(late.sum())},
+               "test_samples": int(next(iter(runs.values()))["test"]["hit@20"].size),
+               "seeds": sorted(runs), "chosen": {s: r["chosen"] for s, r in runs.items()}}
+        print(f"\n{label}: {a.model} (options chosen on the earlier half) vs its explore expert alone; "
+              "mean over seeds, paired difference ± se (bootstrap over samples and seeds)")
+        for part, mine, theirs, mask in (("later validation half", "valid", "expert_valid", late),
+                                         ("test (options chosen on all of validation)", "test", "expert_test", None)):
+            row = {}
+            for m in ("hit@20", "mrr@20"):
+                A = np.stack([r[mine][m] if mask is None else r[mine][m][mask] for r in runs.values()])
+                B = np.stack([r[theirs][m] if mask is None else r[theirs][m][mask] for r in runs.values()])
+                d = paired_bootstrap(A, B)
+                row[m] = {"model": float(A.mean()), "expert": float(B.mean()), "diff": d["mean"], "se": d["se"]}
+            out[part] = row
+            print(f"  {part:44s} " + "   ".join(
+                f"{m}: {v['model']:6.2f} vs {v['expert']:6.2f} ({v['diff']:+.2f} ± {v['se']:.2f})" for m, v in row.items()),
+                flush=True)
+        res["datasets"][label] = out
+    write_json(Path(a.json), res)
+    print("saved", a.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

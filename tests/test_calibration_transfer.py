@@ -1,0 +1,84 @@
+"""The calibration search's parts (coordinate ascent, starting points) and
+benchmarks/calibration_transfer.py on a finished mkmsr-rn run (synthetic data)."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mkmsr.data.dataset import PreparedData
+from mkmsr.training.train import TrainConfig, Trainer, calibration_start_points, coordinate_ascent
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_transfer.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("calibration_transfer", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+GRID = {"a": (0.0, 1.0, 2.0, 3.0), "b": (-1.0, 0.0, 1.0)}
+
+
+def test_coordinate_ascent_climbs_axis_by_axis_and_counts_its_points():
+    seen = []
+
+    def value(p):
+        seen.append(dict(p))
+        return -(p["a"] - 2.0) ** 2 - (p["b"] - 1.0) ** 2
+
+    end, best = coordinate_ascent(value, GRID, {"a": 0.0, "b": 0.0}, rounds=2)
+    assert end == {"a": 2.0, "b": 1.0} and best == 0.0
+    # first pass: the start, 4 values of a, 3 of b; the second pass changes nothing and stops
+    assert len(seen) == 1 + 2 * (4 + 3)
+
+
+def test_coordinate_ascent_keeps_the_current_value_on_ties_and_depends_on_its_start():
+    # two separated optima: the path from each start ends at the one on its side
+    value = lambda p: {(0.0, -1.0): 5.0, (3.0, 1.0): 6.0}.get((p["a"], p["b"]), 0.0)  # noqa: E731
+    assert coordinate_ascent(value, GRID, {"a": 0.0, "b": 0.0}, rounds=3) == ({"a": 0.0, "b": -1.0}, 5.0)
+    assert coordinate_ascent(value, GRID, {"a": 3.0, "b": 0.0}, rounds=3) == ({"a": 3.0, "b": 1.0}, 6.0)
+    flat = lambda p: 1.0  # noqa: E731
+    assert coordinate_ascent(flat, GRID, {"a": 1.0, "b": 0.0}, rounds=2) == ({"a": 1.0, "b": 0.0}, 1.0)
+
+
+def test_calibration_start_points_are_the_configured_values_then_seeded_grid_points():
+    pts = calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=3, n=5)
+    assert len(pts) == 5 and pts[0] == {"a": 1.0, "b": 0.0}
+    assert all(p["a"] in GRID["a"] and p["b"] in GRID["b"] for p in pts)
+    assert pts == calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=3, n=5)
+    assert pts != calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=4, n=5)
+    assert calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=3, n=1) == [{"a": 1.0, "b": 0.0}]
+
+
+def test_calibration_transfer_reruns_the_runs_own_search(synthetic_data, tmp_path):
+    mod = load_script()
+    work = tmp_path / "work"
+    work.mkdir()
+    os.symlink(synthetic_data, work / "prepared-taobao")
+    data = PreparedData(work / "prepared-taobao")
+    rd = work / "runs" / "Taobao" / "mkmsr-rn" / "seed0"
+    m = Trainer(data, "mkmsr-rn", {"dim": 16, "explore_expert": "core"}, TrainConfig(epochs=1, batch_size=64, seed=0),
+                rd, progress=False).fit()
+    n_valid = data.split("valid").samples()[0].size
+    # searched on all of validation, the script's search is the run's own: same options chosen
+    r = mod.transfer(rd, data, np.ones(n_valid, dtype=bool))
+    tuned = m["tuned_on_validation"]
+    assert all(tuned[k] == v for k, v in r["chosen"].items())
+    assert r["valid"]["mrr@20"].mean() == pytest.approx(m["valid"]["mrr@20"])
+    assert r["test"]["hit@20"].mean() == pytest.approx(m["test"]["hit@20"])
+
+    out = tmp_path / "ct.json"
+    assert mod.main(["--work", str(work), "--datasets", "Taobao", "--seeds", "0,1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["datasets"]["Taobao"]
+    assert res["seeds"] == [0]                                            # seed 1 has no run: skipped
+    assert res["valid_samples"]["earlier"] + res["valid_samples"]["later"] == n_valid
+    t = res["test (options chosen on all of validation)"]
+    expert = json.loads((rd / "expert" / "metrics.json").read_text())["test"]
+    assert t["mrr@20"]["model"] == pytest.approx(m["test"]["mrr@20"])
+    assert t["mrr@20"]["expert"] == pytest.approx(expert["mrr@20"])
+    assert t["hit@20"]["diff"] == pytest.approx(m["test"]["hit@20"] - expert["hit@20"])
