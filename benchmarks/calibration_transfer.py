@@ -16,7 +16,9 @@ split at their median start time; the calibration search of the run (same grid, 
 rounds and metric) runs on the earlier half alone; the later half scores the chosen options and
 the expert alone (paired over samples and seeds: ``mkmsr.benchmark.paired_bootstrap``). Beside
 it, the same difference on test, from the run's saved ranks (calibrated on all of validation).
-Prints a table and saves ``--json``.
+Also per dataset: a profile of each split (samples, mean prefix length, repeat share, hours after
+the train split's last session starts), and the two differences by prefix length. Prints a table
+and saves ``--json``.
 """
 from __future__ import annotations
 
@@ -51,6 +53,25 @@ def per_sample(ranks: np.ndarray) -> dict[str, np.ndarray]:
 def saved_ranks(path: Path) -> np.ndarray:
     z = np.load(path)
     return z["greater"] + z["ties"] + 1
+
+
+LENGTHS = (("1", 1, 1), ("2-3", 2, 3), ("4-9", 4, 9), ("10+", 10, 10 ** 9))
+
+
+def split_profile(data: PreparedData) -> dict:
+    """Per split: samples, mean prefix length, share of targets repeating a session item, and the
+    hours between the train split's last session start and the split's first."""
+    from mkmsr.training.evaluate import repeat_mask
+    end = pl.read_parquet(data.path / "train.sessions.parquet")["start"].max()
+    out = {}
+    for split in ("train", "valid", "test"):
+        arr = data.split(split)
+        sess, prefix = arr.samples()
+        start = pl.read_parquet(data.path / f"{split}.sessions.parquet")["start"]
+        out[split] = {"samples": int(sess.size), "mean_prefix": round(float(prefix.mean()), 2),
+                      "repeat_share": round(float(repeat_mask(arr.items, arr.offsets, sess, prefix).mean()), 3),
+                      "hours_after_train": round(float((start.min() - end) / 3600), 1) if split != "train" else 0.0}
+    return out
 
 
 def transfer(rd: Path, data: PreparedData, early: np.ndarray) -> dict:
@@ -111,6 +132,12 @@ def main(argv=None) -> int:
         start = pl.read_parquet(data.path / "valid.sessions.parquet")["start"].to_numpy()
         early = start[sess] < np.median(start)
         late = ~early
+        valid_prefix = arr.samples()[1]
+        test_prefix = data.split("test").samples()[1]
+        profile = split_profile(data)
+        print(f"{label}: " + "; ".join(f"{k} {v['samples']} samples, mean prefix {v['mean_prefix']}, repeat share "
+                                       f"{v['repeat_share']}, starts {v['hours_after_train']} h after train" for k, v in profile.items()),
+              flush=True)
         runs = {}
         for seed in [int(s) for s in a.seeds.split(",")]:
             rd = work / "runs" / label / a.model / f"seed{seed}"
@@ -123,23 +150,33 @@ def main(argv=None) -> int:
                   f"({r['points']} points, {r['seconds']:.0f} s): {r['chosen']}", flush=True)
         if not runs:
             continue
-        out = {"valid_samples": {"earlier": int(early.sum()), "later": int(late.sum())},
+        out = {"profile": profile, "valid_samples": {"earlier": int(early.sum()), "later": int(late.sum())},
                "test_samples": int(next(iter(runs.values()))["test"]["hit@20"].size),
                "seeds": sorted(runs), "chosen": {s: r["chosen"] for s, r in runs.items()}}
         print(f"\n{label}: {a.model} (options chosen on the earlier half) vs its explore expert alone; "
               "mean over seeds, paired difference ± se (bootstrap over samples and seeds)")
         for part, mine, theirs, mask in (("later validation half", "valid", "expert_valid", late),
                                          ("test (options chosen on all of validation)", "test", "expert_test", None)):
+            plen = (valid_prefix if mask is not None else test_prefix)
+            sel = mask if mask is not None else np.ones(plen.size, dtype=bool)
             row = {}
-            for m in ("hit@20", "mrr@20"):
-                A = np.stack([r[mine][m] if mask is None else r[mine][m][mask] for r in runs.values()])
-                B = np.stack([r[theirs][m] if mask is None else r[theirs][m][mask] for r in runs.values()])
-                d = paired_bootstrap(A, B)
-                row[m] = {"model": float(A.mean()), "expert": float(B.mean()), "diff": d["mean"], "se": d["se"]}
+            for bucket, lo, hi in (("all", 1, 10 ** 9),) + LENGTHS:
+                keep = sel & (plen >= lo) & (plen <= hi)
+                cell = {"samples": int(keep.sum())}
+                if not keep.any():
+                    row[bucket] = cell
+                    continue
+                for m in ("hit@20", "mrr@20"):
+                    A = np.stack([r[mine][m][keep] for r in runs.values()])
+                    B = np.stack([r[theirs][m][keep] for r in runs.values()])
+                    d = paired_bootstrap(A, B)
+                    cell[m] = {"model": float(A.mean()), "expert": float(B.mean()), "diff": d["mean"], "se": d["se"]}
+                row[bucket] = cell
+                name = part if bucket == "all" else f"  prefix length {bucket} ({cell['samples']} samples)"
+                print(f"  {name:44s} " + "   ".join(
+                    f"{m}: {cell[m]['model']:6.2f} vs {cell[m]['expert']:6.2f} ({cell[m]['diff']:+.2f} ± {cell[m]['se']:.2f})"
+                    for m in ("hit@20", "mrr@20")), flush=True)
             out[part] = row
-            print(f"  {part:44s} " + "   ".join(
-                f"{m}: {v['model']:6.2f} vs {v['expert']:6.2f} ({v['diff']:+.2f} ± {v['se']:.2f})" for m, v in row.items()),
-                flush=True)
         res["datasets"][label] = out
     write_json(Path(a.json), res)
     print("saved", a.json)

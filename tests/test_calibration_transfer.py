@@ -77,7 +77,10 @@ def test_calibration_transfer_reruns_the_runs_own_search(synthetic_data, tmp_pat
     res = json.loads(out.read_text())["datasets"]["Taobao"]
     assert res["seeds"] == [0]                                            # seed 1 has no run: skipped
     assert res["valid_samples"]["earlier"] + res["valid_samples"]["later"] == n_valid
-    t = res["test (options chosen on all of validation)"]
+    t = res["test (options chosen on all of validation)"]["all"]
+    lengths = res["test (options chosen on all of validation)"]
+    assert sum(lengths[b]["samples"] for b in ("1", "2-3", "4-9", "10+")) == t["samples"]
+    assert res["profile"]["test"]["samples"] == t["samples"] and 0.0 <= res["profile"]["valid"]["repeat_share"] <= 1.0
     expert = json.loads((rd / "expert" / "metrics.json").read_text())["test"]
     assert t["mrr@20"]["model"] == pytest.approx(m["test"]["mrr@20"])
     assert t["mrr@20"]["expert"] == pytest.approx(expert["mrr@20"])
