@@ -74,9 +74,11 @@ def split_profile(data: PreparedData) -> dict:
     return out
 
 
-def transfer(rd: Path, data: PreparedData, early: np.ndarray) -> dict:
+def transfer(rd: Path, data: PreparedData, early: np.ndarray, by_length: bool = False) -> dict:
     """One run: the calibration searched on the ``early`` validation samples; per-sample figures of
-    the chosen options and of the expert on every validation sample, and on test."""
+    the chosen options and of the expert on every validation sample, and on test. ``by_length``:
+    also one search per prefix-length bucket (``LENGTHS``), each on the early samples of its
+    bucket, and the figures of every validation sample under its own bucket's options."""
     run = json.loads((rd / "config.json").read_text())
     max_len = run["train_config"].get("max_len")
     model = load_checkpoint(rd / "best")[0].eval()
@@ -104,9 +106,32 @@ def transfer(rd: Path, data: PreparedData, early: np.ndarray) -> dict:
     t = time.perf_counter()
     with model.calibration_memo():
         ends = [coordinate_ascent(value, grid, p, search["rounds"]) for p in starts]
-    chosen, _ = max(ends, key=lambda e: e[1])
+        chosen, _ = max(ends, key=lambda e: e[1])
+        per_length = {}
+        if by_length:
+            plen = data.split("valid").samples()[1]
+            for bucket, lo, hi in LENGTHS:
+                mask = early & (plen >= lo) & (plen <= hi)
+                if not mask.any():
+                    per_length[bucket] = chosen
+                    continue
+
+                def value_b(p: dict, mask=mask) -> float:
+                    f = figures(p)
+                    return float(sum(f[m][mask].mean() for m in metric.split("+")))
+                ends_b = [coordinate_ascent(value_b, grid, p, search["rounds"]) for p in starts]
+                per_length[bucket] = max(ends_b, key=lambda e: e[1])[0]
+    out = {}
+    if by_length:
+        out["chosen_by_length"] = per_length
+        composite = {m: np.array(v, copy=True) for m, v in figures(chosen).items()}
+        for bucket, lo, hi in LENGTHS:
+            sel = (plen >= lo) & (plen <= hi)
+            for m, v in figures(per_length[bucket]).items():
+                composite[m][sel] = v[sel]
+        out["valid_by_length"] = composite
     expert_valid = per_sample(split_rank_counts(model.expert, data, "valid", 512, max_len)["ranks"])
-    return {"chosen": chosen, "points": len(cache), "seconds": round(time.perf_counter() - t, 1),
+    return {**out, "chosen": chosen, "points": len(cache), "seconds": round(time.perf_counter() - t, 1),
             "valid": figures(chosen), "expert_valid": expert_valid,
             "test": per_sample(saved_ranks(rd / "test_ranks.npz")),
             "expert_test": per_sample(saved_ranks(rd / "expert" / "test_ranks.npz"))}
@@ -119,6 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="mkmsr-rn")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--by-length", action="store_true",
+                   help="also search the options per prefix-length bucket on the earlier half and score "
+                        "them on the later half (against the expert and against one option set)")
     p.add_argument("--json", default=str(ROOT / "docs" / "calibration-transfer.json"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -144,7 +172,7 @@ def main(argv=None) -> int:
             if not (rd / "best").exists() or not (rd / "expert" / "test_ranks.npz").exists():
                 print(f"{label} seed {seed}: no finished run with an expert in {rd}, skipped", flush=True)
                 continue
-            runs[seed] = transfer(rd, data, early)
+            runs[seed] = transfer(rd, data, early, a.by_length)
             r = runs[seed]
             print(f"{label} seed {seed}: chosen on the earlier {int(early.sum())} validation samples "
                   f"({r['points']} points, {r['seconds']:.0f} s): {r['chosen']}", flush=True)
@@ -155,8 +183,13 @@ def main(argv=None) -> int:
                "seeds": sorted(runs), "chosen": {s: r["chosen"] for s, r in runs.items()}}
         print(f"\n{label}: {a.model} (options chosen on the earlier half) vs its explore expert alone; "
               "mean over seeds, paired difference ± se (bootstrap over samples and seeds)")
-        for part, mine, theirs, mask in (("later validation half", "valid", "expert_valid", late),
-                                         ("test (options chosen on all of validation)", "test", "expert_test", None)):
+        parts = [("later validation half", "valid", "expert_valid", late),
+                 ("test (options chosen on all of validation)", "test", "expert_test", None)]
+        if a.by_length:
+            out["chosen_by_length"] = {s: r["chosen_by_length"] for s, r in runs.items()}
+            parts += [("later half, options per prefix length, vs expert", "valid_by_length", "expert_valid", late),
+                      ("later half, per prefix length vs one option set", "valid_by_length", "valid", late)]
+        for part, mine, theirs, mask in parts:
             plen = (valid_prefix if mask is not None else test_prefix)
             sel = mask if mask is not None else np.ones(plen.size, dtype=bool)
             row = {}
