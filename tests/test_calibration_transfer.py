@@ -73,13 +73,17 @@ def test_calibration_transfer_reruns_the_runs_own_search(synthetic_data, tmp_pat
     assert r["test"]["hit@20"].mean() == pytest.approx(m["test"]["hit@20"])
 
     out = tmp_path / "ct.json"
-    assert mod.main(["--work", str(work), "--datasets", "Taobao", "--seeds", "0,1", "--json", str(out)]) == 0
+    assert mod.main(["--work", str(work), "--datasets", "Taobao", "--seeds", "0,1", "--by-length",
+                     "--json", str(out)]) == 0
     res = json.loads(out.read_text())["datasets"]["Taobao"]
     assert res["seeds"] == [0]                                            # seed 1 has no run: skipped
     assert res["valid_samples"]["earlier"] + res["valid_samples"]["later"] == n_valid
     t = res["test (options chosen on all of validation)"]["all"]
     lengths = res["test (options chosen on all of validation)"]
     assert sum(lengths[b]["samples"] for b in ("1", "2-3", "4-9", "10+")) == t["samples"]
+    per_length = res["later half, options per prefix length, vs expert"]["all"]
+    assert per_length["samples"] == res["valid_samples"]["later"]
+    assert set(res["chosen_by_length"]["0"]) == {"1", "2-3", "4-9", "10+"}
     assert res["profile"]["test"]["samples"] == t["samples"] and 0.0 <= res["profile"]["valid"]["repeat_share"] <= 1.0
     expert = json.loads((rd / "expert" / "metrics.json").read_text())["test"]
     assert t["mrr@20"]["model"] == pytest.approx(m["test"]["mrr@20"])
