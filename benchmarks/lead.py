@@ -108,9 +108,13 @@ def tuning_of(work: Path, label: str, model: str) -> str:
         b = read_json(rec)["budget"]
         return f"optuna {b['trials']} trials" + (f" / {b['minutes']:g} min" if b.get("minutes") else "")
     base = bm.TUNE_AS.get(model, model)
-    if base in bm.TUNING_GRIDS or model in bm.NEIGHBOURHOOD_OF:
-        return "grid" + (" (nb_* from STAN's)" if model in bm.NEIGHBOURHOOD_OF else "") + (
-            " + calibration on validation" if hasattr(bm.MODELS[model][0], "calibration_grid") else "")
+    calibrated = hasattr(bm.MODELS[model][0], "calibration_grid")
+    # an mkmsr-rn variant without the neighbourhood (neighbours=False) takes none of STAN's options
+    nb = model in bm.NEIGHBOURHOOD_OF and getattr(bm.make_config(model, None), "neighbours", True)
+    if base in bm.TUNING_GRIDS or nb:
+        return "grid" + (" (nb_* from STAN's)" if nb else "") + (" + calibration on validation" if calibrated else "")
+    if calibrated and model in bm.NEIGHBOURHOOD_OF:
+        return "calibration on validation"
     return "paper defaults"
 
 
