@@ -26,6 +26,13 @@ What is measured, per catalogue size and scoring (``--scoring dot,cosine``):
   alternating blocks of 100 calls (see ``latency``). The exact scan is the float32 product (the
   Recommender's default).
 
+* ``--cache``: the index cache (:func:`mkmsr.serving.ann.load_or_build_index`). The first
+  Recommender builds the index and saves it to ``--out``/index-cache (emptied first); a second
+  one, made the same way, reads it back. Reported: the first load's wall seconds (build + save),
+  the build alone, the second load's wall seconds and the index read's share of them (its
+  checks: the item matrix's sha256, the file's size and sha256), the cache's size on disk, and
+  whether the read index answers exactly as the built one. Without ``--cache`` nothing is saved.
+
 ``--model CHECKPOINT`` measures a real checkpoint instead (its own item vectors and trained
 encoder; e.g. the 139k-item run of ``benchmarks/serving.py build``): recall@20 of its encoder's
 session vectors -- the figure that matters for that model -- and the same latencies, for
@@ -39,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -211,11 +219,16 @@ def measure(exact, parts, sessions, scoring: str, a) -> dict:
     q_enc = encoder_queries(exact, sessions, min(a.queries, len(sessions)))
     res = {"n_items": n, "dim": int(V.shape[1]), "scoring": scoring, "model": meta["model"],
            "checkpoint": meta.get("path") if a.model else None, "backends": []}
+    cache_dir = Path(a.out) / "index-cache"
     for kind in a.backends:
         cfg = IndexConfig(kind=kind, m=a.m, ef_construction=a.ef_construction, ef_search=a.ef[0],
-                          build_threads=a.build_threads)
+                          build_threads=a.build_threads, cache=a.cache, cache_dir=str(cache_dir) if a.cache else None)
+        if a.cache:
+            shutil.rmtree(cache_dir / kind, ignore_errors=True)  # the first load builds
         r0 = rss_bytes()
+        t0 = time.perf_counter()
         rec = Recommender(model, meta, items, ops, index=cfg, max_len=exact.max_len)
+        first_load = time.perf_counter() - t0
         rss = rss_bytes() - r0
         info = rec.index_info
         print(f"  {kind}: built in {info['build_seconds']:.1f}s ({info['library']}, {info['params']}), index "
@@ -223,6 +236,8 @@ def measure(exact, parts, sessions, scoring: str, a) -> dict:
         entry = {"kind": kind, "library": info["library"], "params": info["params"],
                  "build_seconds": info["build_seconds"], "index_bytes": info["bytes"], "rss_growth_bytes": rss,
                  "sweep": []}
+        if a.cache:
+            entry["cache"] = cached_load(rec, parts, cfg, first_load, q_near, a.k + cfg.margin)
         for ef in a.ef:
             if kind != "flat":
                 rec.index.set_ef_search(ef)
@@ -242,6 +257,30 @@ def measure(exact, parts, sessions, scoring: str, a) -> dict:
         res["backends"].append(entry)
         del rec
     return res
+
+
+def cached_load(rec, parts, cfg, first_load: float, queries: torch.Tensor, k: int) -> dict:
+    """Load the same catalogue again: the index comes from the cache ``rec`` saved. Returns the
+    timings, the cache's bytes on disk and whether the read index answers as the built one."""
+    from mkmsr.serving.recommend import Recommender
+
+    model, meta, items, ops = parts
+    t0 = time.perf_counter()
+    again = Recommender(model, meta, items, ops, index=cfg, max_len=rec.max_len)
+    wall = time.perf_counter() - t0
+    info, saved = again.index_info, rec.index_info["cache"]
+    if info["source"] != "cache":
+        raise RuntimeError(f"the second load did not read the cache: {info['cache']}")
+    Q = queries.numpy()
+    same = bool(np.array_equal(again.index.search(Q, k), rec.index.search(Q, k)))
+    folder = Path(info["cache"]["dir"])
+    out = {"first_load_seconds": first_load, "build_seconds": rec.index_info["build_seconds"],
+           "saved": saved["status"], "cached_load_seconds": wall, "index_read_seconds": info["load_seconds"],
+           "cache_bytes": sum(f.stat().st_size for f in folder.iterdir()), "same_results": same}
+    print(f"    cache: first load {first_load:.1f}s (build {out['build_seconds']:.1f}s, then {saved['status']}); "
+          f"second load {wall:.2f}s from the cache (index read {out['index_read_seconds']:.2f}s), "
+          f"{out['cache_bytes'] / 2 ** 20:.0f} MiB on disk, same results: {same}", flush=True)
+    return out
 
 
 def markdown(all_res: list[dict], a, load: tuple[float, float]) -> str:
@@ -264,6 +303,15 @@ def markdown(all_res: list[dict], a, load: tuple[float, float]) -> str:
                              f"{b['rss_growth_bytes'] / 2 ** 20:.0f} | {s['ef_search'] if 'M' in p else '-'} | "
                              f"{s['recall_near_item']:.4f} | {s['recall_encoder']:.4f} | {li['p50']:.2f} | "
                              f"{li['p99']:.2f} | {le['p50']:.2f} | {le['p99']:.2f} |")
+    cached = [(r, b) for r in all_res for b in r["backends"] if "cache" in b]
+    if cached:
+        lines += ["", "| items | index | first load s (build + save) | build s | cached load s | index read s | "
+                  "cache MiB | same results |", "|---|---|---|---|---|---|---|---|"]
+        for r, b in cached:
+            c = b["cache"]
+            lines.append(f"| {r['n_items']} | {b['kind']} | {c['first_load_seconds']:.1f} | {c['build_seconds']:.1f} | "
+                         f"{c['cached_load_seconds']:.2f} | {c['index_read_seconds']:.2f} | "
+                         f"{c['cache_bytes'] / 2 ** 20:.0f} | {c['same_results']} |")
     return "\n".join(lines)
 
 
@@ -290,6 +338,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="a checkpoint or run directory to measure instead of the synthetic catalogues")
     p.add_argument("--sessions", help="with --model: sessions to measure (jsonl, csv or text, as mkmsr recommend --input)")
+    p.add_argument("--cache", action="store_true",
+                   help="also measure the index cache: build + save, then a second load that reads it back "
+                        "(saved under --out/index-cache)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "ann_serving"))
     a = p.parse_args(argv)
     from mkmsr.serving.ann import IndexConfig

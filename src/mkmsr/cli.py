@@ -218,7 +218,7 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
     device = ("cuda" if _torch_cuda() else "cpu") if a.device == "auto" else a.device
     rec = Recommender.load(a.run, device, index=IndexConfig(kind=a.index, threshold=a.index_threshold,
-                                                            ef_search=a.index_ef))
+                                                            ef_search=a.index_ef, **_index_cache(a)))
     if a.session:
         try:
             requests = [SessionRequest("1", parse_session(a.session))]
@@ -257,16 +257,36 @@ def _serving_flags(s: argparse.ArgumentParser, d) -> None:
                    help=f"--index auto: build the index from this many catalogue items up (default {d.index_threshold})")
     s.add_argument("--index-ef", type=int, default=d.index_ef,
                    help=f"HNSW search list: higher = better recall, slower (default {d.index_ef})")
+    cache = s.add_mutually_exclusive_group()
+    cache.add_argument("--index-cache", metavar="DIR",
+                       help="save a built index in DIR and read it back at the next load with the same item vectors "
+                            "and index parameters (default: CHECKPOINT/index-cache; when that cannot be written, "
+                            "the index is built in memory at every load)")
+    cache.add_argument("--no-index-cache", action="store_true",
+                       help="build the index at every load and save nothing")
+
+
+def _index_cache(a: argparse.Namespace) -> dict:
+    """The IndexConfig cache fields from --index-cache / --no-index-cache."""
+    return {"cache": not a.no_index_cache, "cache_dir": a.index_cache}
+
+
+def _serve_config(a: argparse.Namespace):
+    """The ServeConfig of the serve flags."""
+    from .serving.serve import ServeConfig
+
+    cache = _index_cache(a)
+    return ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
+                       max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
+                       batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
+                       admin_token=a.admin_token, scan=a.scan, index=a.index, index_threshold=a.index_threshold,
+                       index_ef=a.index_ef, index_cache=cache["cache"], index_cache_dir=cache["cache_dir"])
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .serving.serve import ServeConfig, serve
+    from .serving.serve import serve
 
-    cfg = ServeConfig(max_k=a.max_k, max_events=a.max_events, max_batch=a.max_batch, max_filter=a.max_filter,
-                      max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
-                      batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
-                      admin_token=a.admin_token, scan=a.scan, index=a.index, index_threshold=a.index_threshold,
-                      index_ef=a.index_ef)
+    cfg = _serve_config(a)
     if a.access_log == "json":  # one bare JSON object per line on stdout, whatever -q/-v say
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

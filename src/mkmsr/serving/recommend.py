@@ -42,7 +42,8 @@ import torch
 from ..data.batching import batch_from_sequences
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..errors import DataError
-from .ann import IndexConfig, IndexUnavailable, as_index_config, build_index, check_dot_product_form, dot_product_form
+from .ann import (CACHE_DIR, IndexConfig, IndexUnavailable, as_index_config, check_dot_product_form,
+                  dot_product_form, load_or_build_index)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,12 @@ class Recommender:
     models whose scores are an inner product (plus MKM-SR+'s repeat boost). With an index, a
     session's top k is chosen among the retrieved items and the session's own items, all
     rescored exactly (:mod:`mkmsr.serving.ann`); ``candidates`` are always scored exactly.
-    ``index_info`` (and ``describe()["index"]``) says what was built and how long it took.
+    The index is saved to the checkpoint's ``index-cache/`` folder (or ``IndexConfig.cache_dir``)
+    and read back at the next load with the same item vectors and graph parameters.
+    ``index_info`` (and ``describe()["index"]``) says what is served: ``source`` (``built`` or
+    ``cache``), ``build_seconds`` (for a cached index: its original build), ``load_seconds``
+    (reading it from the cache, its checks included; None when built) and ``cache`` (``dir``,
+    ``status`` ``loaded`` / ``saved`` / ``unsaved`` / ``off``, and why it was built when it was).
     """
 
     #: bfloat16 error model of the scan (see the class docstring)
@@ -205,7 +211,7 @@ class Recommender:
             two = min(2, self.n_items)
             probe = batch_from_sequences([[1], [two, 1, two]], [[op], [op] * 3]).to(self.device)
             check_dot_product_form(self.model, V, beta, probe)
-            index = build_index(kind, V, cfg)
+            index, cache = load_or_build_index(kind, V, cfg, self._index_cache_dir())
         except IndexUnavailable as exc:
             if cfg.kind != "auto":
                 raise
@@ -214,7 +220,15 @@ class Recommender:
             return
         self.index, self._index_matrix, self._index_boost = index, V, beta
         self.index_info = {**index.describe(), "requested": cfg.kind, "repeat_boost": beta,
-                           "margin": cfg.margin, "max_retrieve": cfg.max_retrieve}
+                           "margin": cfg.margin, "max_retrieve": cfg.max_retrieve, "cache": cache}
+
+    def _index_cache_dir(self) -> Path | None:
+        """Where the index is cached: ``IndexConfig.cache_dir``, else the checkpoint's
+        ``index-cache/`` (None for a model that was not loaded from a checkpoint)."""
+        if self.index_config.cache_dir:
+            return Path(self.index_config.cache_dir)
+        path = self.meta.get("path")
+        return Path(path) / CACHE_DIR if path else None
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", max_len: int | None = None,

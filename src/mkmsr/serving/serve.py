@@ -31,8 +31,10 @@ catalogue into one matrix product.
 
 Large catalogues. ``--index`` (``auto`` by default) serves one-session requests from an
 approximate nearest-neighbour index over the item vectors from ``--index-threshold`` items up,
-with exact rescoring of what it retrieves (:mod:`mkmsr.serving.ann`); the index is built when a
-model loads, before the server listens or, on a hot swap, before the swap.
+with exact rescoring of what it retrieves (:mod:`mkmsr.serving.ann`); the index is built (or read
+back from its cache, ``CHECKPOINT/index-cache`` unless ``--index-cache DIR`` / ``--no-index-cache``,
+when the vectors and settings match) when a model loads, before the server listens or, on a hot
+swap, before the swap.
 
 Hot swap. ``POST /admin/reload`` (or ``SIGHUP``, which reloads the current path) loads the
 new checkpoint beside the old one (building its index, if it gets one, on a worker thread of the
@@ -88,11 +90,13 @@ class ServeConfig:
     index: str = "auto"                # auto | exact | hnsw | faiss-hnsw | flat, see mkmsr.serving.ann
     index_threshold: int = IndexConfig.threshold  # auto: an index from this many catalogue items up
     index_ef: int = IndexConfig.ef_search         # HNSW search list (recall vs latency)
+    index_cache: bool = True                      # reuse a saved index of the same vectors and settings
+    index_cache_dir: str | None = None            # where (None: CHECKPOINT/index-cache)
 
     def index_config(self) -> IndexConfig:
         """The Recommender's index settings; the build uses the scoring threads (0 = every core)."""
         return IndexConfig(kind=self.index, threshold=self.index_threshold, ef_search=self.index_ef,
-                           build_threads=self.threads)
+                           build_threads=self.threads, cache=self.index_cache, cache_dir=self.index_cache_dir)
 
     def validate(self) -> None:
         for name in ("max_k", "max_events", "max_batch", "max_filter", "max_body_bytes", "max_id_length",
