@@ -40,7 +40,8 @@ from table2 import seed_matrix  # noqa: E402
 LEAD = "mkmsr-rn"
 MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "stamp", "sasrec", "gcsan",
           "repeatnet", "core", "core-kg", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
-ABLATIONS = ["mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr", "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-nb", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
+ABLATIONS = ["mkmsr-rn-nb", "mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr",
+             "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
 SPLIT = ("hit@20", "mrr@20", "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20",
          "cold_first_hit@20", "cold_first_mrr@20")
 
@@ -109,12 +110,14 @@ def tuning_of(work: Path, label: str, model: str) -> str:
         return f"optuna {b['trials']} trials" + (f" / {b['minutes']:g} min" if b.get("minutes") else "")
     base = bm.TUNE_AS.get(model, model)
     calibrated = hasattr(bm.MODELS[model][0], "calibration_grid")
-    # an mkmsr-rn variant without the neighbourhood (neighbours=False) takes none of STAN's options
-    nb = model in bm.NEIGHBOURHOOD_OF and getattr(bm.make_config(model, None), "neighbours", True)
+    # only an mkmsr-rn variant with the neighbourhood (neighbours=True) takes STAN's options
+    nb = model in bm.NEIGHBOURHOOD_OF
     if base in bm.TUNING_GRIDS or nb:
         return "grid" + (" (nb_* from STAN's)" if nb else "") + (" + calibration on validation" if calibrated else "")
-    if calibrated and model in bm.NEIGHBOURHOOD_OF:
+    if calibrated:
         return "calibration on validation"
+    if len(getattr(bm.make_config(model, None), "repeat_boost_grid", ()) or ()) > 1:
+        return "paper defaults + repeat boost on validation"
     return "paper defaults"
 
 

@@ -247,3 +247,18 @@ def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(syntheti
     assert trained and got2["explore_expert"]["model"] == "core" and got2["explore_expert"]["test"] == core_row["test"]
     assert got2["best_epoch"] == got["best_epoch"] and got2["epochs_run"] == got["epochs_run"]
     assert (alt.run_dir(tmp_path) / "expert" / "log.jsonl").read_text() == (core.run_dir(tmp_path) / "log.jsonl").read_text()
+    # a second expert (mkmsr-rn-2x-sasrec: SASRec beside CORE-KG): the mixture's training and the first
+    # expert come from the mkmsr-rn run, the second expert is SASRec's own row in RUN/expert2, and
+    # its weight is calibrated on validation with the rest
+    sas = bm.RunSpec("syn", data.path, "sasrec", 0, {}, train)
+    sas_row, _ = bm.run_one(tmp_path, sas, data)
+    two = bm.RunSpec("syn", data.path, "mkmsr-rn-2x-sasrec", 0, {"dim": 8}, train)
+    assert bm._training_donor(tmp_path, two, data) == rd
+    got3, trained = bm.run_one(tmp_path, two, data)
+    td = two.run_dir(tmp_path)
+    assert trained and got3["best_epoch"] == got["best_epoch"]
+    assert got3["explore_expert"]["model"] == "core-kg" and got3["explore_expert"]["test"] == row["test"]
+    assert got3["explore_expert2"]["model"] == "sasrec" and got3["explore_expert2"]["test"] == sas_row["test"]
+    assert (td / "expert2" / "log.jsonl").read_text() == (sas.run_dir(tmp_path) / "log.jsonl").read_text()
+    assert "expert2_weight" in got3["tuned_on_validation"]["calibration_grid"]
+    assert got3["valid"]["mrr@20"] >= got["valid"]["mrr@20"] - 1e-9   # its search starts where mkmsr-rn's did

@@ -18,9 +18,11 @@ from mkmsr.training.train import TrainConfig, Trainer
 
 
 def fitted(data_path, **overrides):
+    """The model with its neighbourhood on unless ``neighbours=False`` (most tests here check
+    that part too; the registered default has it off, see test_the_default_has_no_neighbourhood)."""
     data = PreparedData(data_path)
     torch.manual_seed(0)
-    m = build_model("mkmsr-rn", data.spec, {"dim": 16, **overrides})
+    m = build_model("mkmsr-rn", data.spec, {"dim": 16, "neighbours": True, **overrides})
     m.fit_statistics(data)
     return m.eval(), data
 
@@ -228,7 +230,7 @@ def test_cold_items_are_scored_by_their_attributes_alone(synthetic_data):
 
 def test_training_calibrates_the_mixture_on_validation(synthetic_data, tmp_path):
     data = PreparedData(synthetic_data)
-    tr = Trainer(data, "mkmsr-rn", {"dim": 16, "cold_items": "component"}, TrainConfig(epochs=1, seed=0),
+    tr = Trainer(data, "mkmsr-rn", {"dim": 16, "cold_items": "component", "neighbours": True}, TrainConfig(epochs=1, seed=0),
                  tmp_path / "run")
     m = tr.fit()
     tuned = m["tuned_on_validation"]
@@ -496,6 +498,31 @@ def test_the_explore_expert_adds_its_weighted_scores_on_warm_items_at_inference_
                        plain.train()._parts(b, plain.scoring_vectors(), False)["explore"])
 
 
+def test_a_second_expert_adds_its_weighted_scores_beside_the_first(synthetic_data):
+    """mkmsr-rn-2x-sasrec: e(i) += expert_weight * expert(i) + expert2_weight * expert2(i) on warm items,
+    at inference only; both frozen; the second needs a first."""
+    import pytest
+    data = PreparedData(synthetic_data)
+    torch.manual_seed(0)
+    m = build_model("mkmsr-rn-2x-sasrec", data.spec, {"dim": 16, "repeat": False, "cold_items": "attributes"})
+    m.fit_statistics(data)
+    m.eval()
+    assert [(a, n) for a, n, _ in m.experts()] == [("expert", "core-kg"), ("expert2", "sasrec")]
+    assert not any(p.requires_grad for p in m.expert2.parameters())
+    assert {"expert_weight", "expert2_weight"} <= set(m.calibration_grid())
+    b = some_batch(data)
+    with torch.no_grad():
+        base = m.score(b)[:, 1:]
+        x1, x2 = m.expert.logits(b), m.expert2.logits(b)
+        m.config.expert_weight, m.config.expert2_weight = 1.5, 3.0
+        lp = m.score(b)[:, 1:]
+    warm = torch.from_numpy(data.item_train_count[1:] > 0)
+    d = lp - base - (1.5 * x1 + 3.0 * x2) * warm      # what is left is each row's log-normaliser
+    assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-4)
+    with pytest.raises(ValueError, match="explore_expert2 needs"):
+        build_model("mkmsr-rn", data.spec, {"dim": 8, "explore_expert": "", "explore_expert2": "sasrec"})
+
+
 def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_without_one(synthetic_data, tmp_path):
     """Trainer: the expert is the expert model's own run (same training options and seed, its own
     validation early stopping) in RUN/expert, frozen inside the checkpoint; the mixture's training
@@ -538,3 +565,19 @@ def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_withou
     # resuming the finished run reuses its expert (no training) and gives the same figures
     again = Trainer(data, "mkmsr-rn", {"dim": 16}, cfg(), tmp_path / "rn", progress=False).fit(resume=True)
     assert again["test"] == got["test"] and again["explore_expert"]["epochs_run"] == got["explore_expert"]["epochs_run"]
+
+
+def test_the_default_has_no_neighbourhood(synthetic_data):
+    """Since stop 23 ``mkmsr-rn`` leaves STAN out of its explore logits (validation preferred it);
+    ``mkmsr-rn-nb`` is the model with them, ``mkmsr-rn-no-nb`` the old name of the default; a
+    saved configuration from before the option keeps the neighbourhood it was trained with."""
+    from mkmsr.models import MODELS, make_config
+    from mkmsr.models.mkmsr_rn import MKMSRRN
+    data = PreparedData(synthetic_data)
+    m = build_model("mkmsr-rn", data.spec, {"dim": 8})
+    assert not m.config.neighbours and not hasattr(m, "stan") and not hasattr(m, "nb_weight")
+    assert "nb_multiplier" not in m.calibration_grid() and "expert_weight" in m.calibration_grid()
+    assert build_model("mkmsr-rn-nb", data.spec, {"dim": 8}).config.neighbours
+    assert make_config("mkmsr-rn-no-nb") == make_config("mkmsr-rn")
+    assert MODELS["mkmsr-rn-nb"][0] is MKMSRRN
+    assert MKMSRRN.upgrade_config({"dim": 8})["neighbours"] is True

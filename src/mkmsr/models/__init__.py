@@ -50,9 +50,13 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr+-id": (MKMSR, {"item_repr": "id", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0,
                           "repeat_boost_grid": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}),
     # this project's lead model (see mkmsr.models.mkmsr_rn): MKM-SR+'s encoder with a learned
-    # repeat/explore mixture conditioned on the micro-behaviours, STAN evidence in the explore
-    # logits, and attribute-only vectors for items never seen in training; and its ablations
+    # repeat/explore mixture conditioned on the micro-behaviours, a CORE-KG explore expert, a
+    # knowledge match for items never seen in training; and its ablations. ``mkmsr-rn-nb`` adds
+    # STAN's evidence to the explore logits (the default until stop 22; validation prefers the
+    # model without it). ``mkmsr-rn-no-nb`` is the old name of today's default, kept so that its
+    # checkpoints and benchmark runs still load: the same configuration as ``mkmsr-rn``
     "mkmsr-rn": (MKMSRRN, {}),
+    "mkmsr-rn-nb": (MKMSRRN, {"neighbours": True}),
     "mkmsr-rn-no-repeat": (MKMSRRN, {"repeat": False}),
     "mkmsr-rn-no-nb": (MKMSRRN, {"neighbours": False}),
     "mkmsr-rn-no-cold": (MKMSRRN, {"cold_items": "id"}),
@@ -61,6 +65,10 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
     "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
     "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core"}),
+    # a second explore expert beside CORE-KG, its weight calibrated with the rest: SASRec (another
+    # architecture) or plain CORE (the same, without the knowledge-composed item vectors)
+    "mkmsr-rn-2x-sasrec": (MKMSRRN, {"explore_expert2": "sasrec"}),
+    "mkmsr-rn-2x-core": (MKMSRRN, {"explore_expert2": "core"}),
     "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1}),
     "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20"}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",

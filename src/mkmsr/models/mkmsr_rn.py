@@ -21,7 +21,9 @@ Three parts, each switchable for the ablations:
   With cold items (below) a third component joins the mixture: softmax(c) over the cold items,
   c(i) = scale cos(s, attribute vector of i), so the gate (a softmax over the components) also
   predicts whether the next item is one the training log never showed.
-* **Neighbourhood evidence** in the explore logits: e(i) = scale cos(s, v_i) + w . f(n(i)), with
+* **Neighbourhood evidence** (``neighbours=True``, registered as ``mkmsr-rn-nb``; off by default:
+  once the CORE-KG expert joined the explore logits, validation preferred the model without it on
+  two datasets of three and was level on the third) in the explore logits: e(i) = scale cos(s, v_i) + w . f(n(i)), with
   n the STAN scores (Garg et al. 2019; ``mkmsr.models.stan``) of the session against the train
   split divided by the row's maximum, features f(n) = (n, log1p(n / 0.01) / log1p(100), 1[n > 0])
   and w learned. STAN is fitted on the train split only; on a training prefix its own train
@@ -158,7 +160,12 @@ class MKMSRRNConfig(MKMSRConfig):
                                    # On the Demo (seed 0) it lost 1.9 points of validation MRR@20
                                    # before calibration (10.92 vs 12.81): sharing the session items
                                    # between the two components is better there
-    neighbours: bool = True        # STAN scores in the explore logits
+    neighbours: bool = False       # STAN scores in the explore logits (registered as ``mkmsr-rn-nb``).
+                                   # Off by default since stop 23: with the CORE-KG expert, validation
+                                   # MRR@20 (5 seeds) prefers the model without them on Taobao (29.17 vs
+                                   # 28.66) and Demo(N) (13.57 vs 13.22) and is level on the Demo (13.86
+                                   # vs 13.90); so did the test periods (docs/results-lead-no-nb.md,
+                                   # where this configuration is the row ``mkmsr-rn-no-nb``)
     nb_k: int = 100
     nb_sample_size: int = 5000
     nb_lambda_spw: float = 1.02
@@ -232,13 +239,18 @@ class MKMSRRNConfig(MKMSRConfig):
     # ``mkmsr-rn-no-expert`` is the model without one
     explore_expert: str = field(default="core-kg", metadata={"inference_only": True})
     expert_weight: float = field(default=0.0, metadata={"inference_only": True})
+    # a second explore expert ("" = none), trained and frozen as the first (in ``RUN/expert2``), its
+    # weight chosen with the calibration too: e(i) += expert2_weight * expert2(i) on warm items.
+    # Stacking another ranker beside CORE-KG: ``mkmsr-rn-2x-sasrec``, ``mkmsr-rn-2x-core``
+    explore_expert2: str = field(default="", metadata={"inference_only": True})
+    expert2_weight: float = field(default=0.0, metadata={"inference_only": True})
 
 
 class MKMSRRN(MKMSR):
     Config = MKMSRRNConfig
     softmax_loss = False  # a mixture's likelihood (repeat / explore / cold), not one softmax over dot products
     #: runs saved before the explore expert existed had none
-    legacy_defaults = {"explore_expert": ""}
+    legacy_defaults = {"explore_expert": "", "neighbours": True}
 
     def __init__(self, config: MKMSRRNConfig, spec: DatasetSpec):
         super().__init__(config, spec)
@@ -272,17 +284,10 @@ class MKMSRRN(MKMSR):
         if config.explore_core:
             from .core import CORE, COREConfig
             self.core = CORE(COREConfig(dim=d), spec)
-        self.expert = None
-        if config.explore_expert:
-            from . import MODELS, build_model
-            if config.explore_expert not in MODELS or MODELS[config.explore_expert][0] is MKMSRRN:
-                raise ValueError(f"explore_expert must name a registered model other than mkmsr-rn, "
-                                 f"got {config.explore_expert!r}")
-            with torch.random.fork_rng(devices=[]):   # the mixture's own initialisation stays as without one
-                self.expert = build_model(config.explore_expert, spec)
-            if not self.expert.trainable:
-                raise ValueError(f"explore_expert {config.explore_expert!r} is not a trained model")
-            self.expert.requires_grad_(False)   # trained first, on its own (Trainer._attach_expert), then frozen
+        self.expert = self._build_expert("explore_expert", config.explore_expert, spec)
+        self.expert2 = self._build_expert("explore_expert2", config.explore_expert2, spec)
+        if config.explore_expert2 and not config.explore_expert:
+            raise ValueError("explore_expert2 needs an explore_expert")
         if config.neighbours:
             self.stan = STAN(STANConfig(k=config.nb_k, sample_size=config.nb_sample_size,
                                         lambda_spw=config.nb_lambda_spw, lambda_snh=config.nb_lambda_snh,
@@ -330,6 +335,8 @@ class MKMSRRN(MKMSR):
             grid["cold_shift"] = (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
         if self.expert is not None:
             grid["expert_weight"] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+        if self.expert2 is not None:
+            grid["expert2_weight"] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
         if self.config.cold_items == "match":
             grid["match_alpha"] = (-20.0, -6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0)   # -20: off
             grid["match_beta"] = (0.0, 0.5, 1.0, 2.0)
@@ -365,11 +372,32 @@ class MKMSRRN(MKMSR):
                 self._memo[key], self._memo_bytes = hit, self._memo_bytes + size
         return hit
 
+    @staticmethod
+    def _build_expert(option: str, name: str, spec: DatasetSpec):
+        """The (untrained, frozen) explore expert ``name`` (None for ""): trained first, on its
+        own (``Trainer._attach_expert``), then frozen."""
+        if not name:
+            return None
+        from . import MODELS, build_model
+        if name not in MODELS or MODELS[name][0] is MKMSRRN:
+            raise ValueError(f"{option} must name a registered model other than mkmsr-rn, got {name!r}")
+        with torch.random.fork_rng(devices=[]):   # the mixture's own initialisation stays as without one
+            expert = build_model(name, spec)
+        if not expert.trainable:
+            raise ValueError(f"{option} {name!r} is not a trained model")
+        return expert.requires_grad_(False)
+
+    def experts(self) -> list[tuple[str, str, "nn.Module"]]:
+        """(attribute, registered name, module) of each explore expert, first to second."""
+        return [(attr, name, getattr(self, attr)) for attr, name in
+                (("expert", self.config.explore_expert), ("expert2", self.config.explore_expert2))
+                if getattr(self, attr, None) is not None]
+
     # ---- statistics ------------------------------------------------------------------------
     def fit_statistics(self, data) -> None:
         super().fit_statistics(data)
-        if self.expert is not None:
-            self.expert.fit_statistics(data)
+        for _, _, expert in self.experts():
+            expert.fit_statistics(data)
         if self.config.neighbours:
             self.stan.fit_statistics(data)
             self._nb_cache = {}
@@ -511,6 +539,10 @@ class MKMSRRN(MKMSR):
                 x = self._frozen(batch, "expert", lambda: self.expert.logits(batch))  # (B, n)
             # the expert never trained the cold items' rows: it scores warm items only
             e = e + (self.config.expert_weight * x) * self.warm[1:][None, :]
+        if self.expert2 is not None and self.config.expert2_weight and not self.training:
+            with torch.no_grad():
+                x = self._frozen(batch, "expert2", lambda: self.expert2.logits(batch))  # (B, n)
+            e = e + (self.config.expert2_weight * x) * self.warm[1:][None, :]
         if self.config.neighbours:
             r, c, f = self._nb_features(batch, own_excluded, s)
             e = e.index_put((r, c), f, accumulate=True)

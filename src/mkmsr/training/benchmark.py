@@ -65,8 +65,11 @@ TUNING_GRIDS: dict[str, dict[str, list]] = {
 #: models whose searched options are those of another registered model (the reminder variants
 #: add only the validation-tuned repeat boost, which the trainer picks after fitting)
 TUNE_AS = {"v-sknn-remind": "v-sknn", "stan-remind": "stan"}
-#: models with a STAN inside (its ``nb_*`` options): they get STAN's validation-tuned options
-NEIGHBOURHOOD_OF = {name: "stan" for name, (cls, _) in MODELS.items() if cls.__name__ == "MKMSRRN"}
+#: models with a STAN inside (its ``nb_*`` options): they get STAN's validation-tuned options.
+#: Only the mkmsr-rn variants whose neighbourhood is on (``neighbours``; ``mkmsr-rn-nb``): the
+#: others would only carry unused options (and wait for STAN's search)
+NEIGHBOURHOOD_OF = {name: "stan" for name, (cls, over) in MODELS.items()
+                    if cls.__name__ == "MKMSRRN" and {**dataclasses.asdict(cls.Config()), **over}["neighbours"]}
 
 #: per-model training defaults that differ from the shared ones (each from the model's own code)
 #: per-model training overrides. Empty on purpose: SR-GNN's code decays the lr x 0.1 every
@@ -212,14 +215,19 @@ def _training_donor(out: Path, spec: RunSpec, data: PreparedData) -> Path | None
     return None
 
 
-def _expert_of(rd: Path) -> str:
-    """The explore expert a finished run was trained with ("" for none), from its config.json."""
+#: run subfolder of each explore expert -> its option (mkmsr-rn)
+EXPERT_DIRS = {"expert": "explore_expert", "expert2": "explore_expert2"}
+
+
+def _expert_of(rd: Path, sub: str = "expert") -> str:
+    """The explore expert a finished run was trained with in ``RUN/sub`` ("" for none), from its
+    config.json."""
     saved = read_json(rd / "config.json") if (rd / "config.json").exists() else {}
-    return str((saved.get("model_config") or {}).get("explore_expert", ""))
+    return str((saved.get("model_config") or {}).get(EXPERT_DIRS[sub], ""))
 
 
-def _expert_of_spec(spec: RunSpec) -> str:
-    return str(getattr(make_config(spec.model, spec.model_overrides), "explore_expert", ""))
+def _expert_of_spec(spec: RunSpec, sub: str = "expert") -> str:
+    return str(getattr(make_config(spec.model, spec.model_overrides), EXPERT_DIRS[sub], ""))
 
 
 def _seed_expert(out: Path, spec: RunSpec, data: PreparedData, rd: Path) -> None:
@@ -227,8 +235,13 @@ def _seed_expert(out: Path, spec: RunSpec, data: PreparedData, rd: Path) -> None
     the run's own training options (``Trainer._attach_expert``): that is exactly the expert
     model's own run in this benchmark (its row: same dataset, seed, training options, data, its
     default options), so where that run is finished it is copied there instead of trained again."""
-    name = getattr(make_config(spec.model, spec.model_overrides), "explore_expert", "")
-    dest = rd / "expert"
+    for sub in EXPERT_DIRS:
+        _seed_one_expert(out, spec, data, rd, sub)
+
+
+def _seed_one_expert(out: Path, spec: RunSpec, data: PreparedData, rd: Path, sub: str) -> None:
+    name = _expert_of_spec(spec, sub)
+    dest = rd / sub
     if not name or (dest / "metrics.json").exists():
         return
     sib = dataclasses.replace(spec, model=name, model_overrides={})
@@ -270,8 +283,9 @@ def run_one(out: Path, spec: RunSpec, data: PreparedData, lock: str | Path | Non
             if donor != rd:
                 (rd / "metrics.json").unlink(missing_ok=True)
                 with atomic_dir(rd, overwrite=True) as tmp:
-                    for name in ("best", "state", "expert"):
-                        if name != "expert" or ((donor / name).is_dir() and _expert_of(donor) == _expert_of_spec(spec)):
+                    for name in ("best", "state", *EXPERT_DIRS):
+                        if name not in EXPERT_DIRS or ((donor / name).is_dir()
+                                                       and _expert_of(donor, name) == _expert_of_spec(spec, name)):
                             shutil.copytree(donor / name, tmp / name)
                     for name in ("log.jsonl", "config.json"):
                         if (donor / name).exists():

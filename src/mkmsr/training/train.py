@@ -564,9 +564,10 @@ class Trainer:
         # the explore expert is trained apart from the rest and attached below (``_attach_expert``):
         # a run trained without one lacks its weights, and a run with one may finish as a model
         # without one or with another expert, so its expert weights are never taken from here
-        best = {k: v for k, v in best.items() if not k.startswith("expert.")}
+        experts = ("expert", "expert2")
+        best = {k: v for k, v in best.items() if k.split(".", 1)[0] not in experts}
         missing, unexpected = model.load_state_dict(best, strict=False)
-        if unexpected or any(not k.startswith("expert.") for k in missing):
+        if unexpected or any(k.split(".", 1)[0] not in experts for k in missing):
             raise ConfigError(f"cannot refinish {out}: its weights do not fit this configuration "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         self._attach_expert(model)
@@ -581,17 +582,19 @@ class Trainer:
                             float(saved.get("train_seconds", 0.0)))
 
     def _attach_expert(self, model: SessionModel) -> None:
-        """For a model with an explore expert (mkmsr-rn's ``explore_expert``): train the expert
-        first, as the registered model of that name with this run's training options (seed
-        included) and its own validation early stopping, in ``OUT/expert`` (a finished or
-        interrupted run there is reused or resumed; in memory without an output folder), then load
-        its validation-selected weights into ``model.expert``, frozen. The global random state is
-        left as it was, so the model's own training is that of the same model without an expert."""
-        expert = getattr(model, "expert", None)
-        if expert is None:
-            return
-        name = model.config.explore_expert
-        sub = self.out_dir / "expert" if self.out_dir is not None else None
+        """For a model with explore experts (mkmsr-rn's ``explore_expert``, ``explore_expert2``):
+        train each expert first, as the registered model of that name with this run's training
+        options (seed included) and its own validation early stopping, in ``OUT/expert`` (and
+        ``OUT/expert2``; a finished or interrupted run there is reused or resumed; in memory
+        without an output folder), then load its validation-selected weights into
+        ``model.expert`` (``model.expert2``), frozen. The global random state is left as it was,
+        so the model's own training is that of the same model without an expert."""
+        self._expert_metrics = {}
+        for attr, name, expert in (model.experts() if hasattr(model, "experts") else []):
+            self._expert_metrics[attr] = self._train_expert(attr, name, expert)
+
+    def _train_expert(self, attr: str, name: str, expert) -> dict:
+        sub = self.out_dir / attr if self.out_dir is not None else None
         cfg = dataclasses.replace(self.config)
 
         def trainer() -> "Trainer":
@@ -612,11 +615,11 @@ class Trainer:
                 m = tr.fit(overwrite=True)
         expert.load_state_dict(tr.model.state_dict())
         expert.requires_grad_(False)
-        self._expert_metrics = {"model": name, "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
-                                "train_seconds": m["train_seconds"], "valid": m["valid"], "test": m["test"],
-                                "seconds_here": round(time.perf_counter() - t0, 2)}
         log.info("%s: explore expert %s ready (epoch %d of %d, valid %s %.3f)", self.model_name, name,
                  m["best_epoch"], m["epochs_run"], cfg.select_metric, m["valid"][cfg.select_metric])
+        return {"model": name, "best_epoch": m["best_epoch"], "epochs_run": m["epochs_run"],
+                "train_seconds": m["train_seconds"], "valid": m["valid"], "test": m["test"],
+                "seconds_here": round(time.perf_counter() - t0, 2)}
 
     def _softmax_loss(self, model: SessionModel):
         """The replacement SR loss of ``precision`` / ``loss`` (mkmsr.models.scoring.training_loss),
@@ -769,8 +772,9 @@ class Trainer:
         }
         if tuned:
             metrics["tuned_on_validation"] = tuned
-        if getattr(self, "_expert_metrics", None):
-            metrics["explore_expert"] = self._expert_metrics
+        for attr, key in (("expert", "explore_expert"), ("expert2", "explore_expert2")):
+            if (getattr(self, "_expert_metrics", None) or {}).get(attr):
+                metrics[key] = self._expert_metrics[attr]
         if self.out_dir is not None and self.main:
             if not model.trainable:
                 save_checkpoint(self.out_dir / "best", model, self.model_name, self.data, {"epoch": 0, "valid": valid})
