@@ -9,8 +9,8 @@ Datasets: Demo and Demo(N) (JDATA, the paper's; prepared as benchmarks/table2.py
 sharing its work folder so no run is trained twice) and Taobao (the UserBehavior head,
 ``mkmsr prepare --format taobao`` defaults: UTC+8 period, truncated last row dropped, cold test
 items dropped). Every model is trained on the train split, its epoch chosen on validation MRR@20;
-count-based models are tuned on validation (``mkmsr.benchmark.TUNING_GRIDS``), and mkmsr-rn gets
-STAN's tuned neighbourhood options. Writes ``WORK/lead.json`` and ``DOCS/results-lead.md``: one
+count-based models are tuned on validation (``mkmsr.benchmark.TUNING_GRIDS``), and an mkmsr-rn
+variant with the neighbourhood (``mkmsr-rn-nb``) gets STAN's tuned neighbourhood options. Writes ``WORK/lead.json`` and ``DOCS/results-lead.md``: one
 table per dataset (every model: Hit@20 / MRR@20 mean ± std over seeds, the repeat / first-time
 split, cold first-time), and the paired verdicts of the lead model against every other row
 (bootstrap over test samples and seeds: ``mkmsr.benchmark.paired_bootstrap``).

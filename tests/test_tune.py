@@ -270,38 +270,39 @@ def test_fixed_model_options_reach_every_trial_and_the_config(planted_data, tmp_
 def test_benchmark_tunes_every_model_with_the_same_optuna_budget(planted_data, tmp_path, monkeypatch):
     """--tune-trials: every model (count-based and neural) is searched with the same budget on
     validation; the seeds train with the best configuration; a model with a STAN inside takes
-    STAN's searched options; a rerun spends no more budget."""
+    STAN's searched options (mkmsr-rn-nb: the default mkmsr-rn has no
+    neighbourhood since stop 23); a rerun spends no more budget."""
     from mkmsr.training import benchmark as bm
     from mkmsr.training import tune as tune_mod
 
-    small = {"stamp": SMALL, "mkmsr-rn": SearchSpace(train={"lr": LogUniform(1e-3, 1e-2)}),
+    small = {"stamp": SMALL, "mkmsr-rn-nb": SearchSpace(train={"lr": LogUniform(1e-3, 1e-2)}),
              "stan": SearchSpace(model={"k": Choice((20, 50)), "lambda_inh": Choice((1.0, 2.05))}),
              "s-pop": search_space("s-pop")}
     monkeypatch.setattr(tune_mod, "search_space", lambda m: small[m])
     budget = {"trials": 2, "minutes": 5.0}
     train = {"epochs": 1, "patience": 1, "threads": 1}
     out = tmp_path / "bench"
-    res = bm.run_benchmark(out, {"planted": planted_data}, ["s-pop", "stamp", "mkmsr-rn"], seeds=1,
+    res = bm.run_benchmark(out, {"planted": planted_data}, ["s-pop", "stamp", "mkmsr-rn-nb"], seeds=1,
                            train_overrides=train, optuna=budget)
     assert res["tuning"]["trials"] == 2 and res["tuning"]["minutes"] == 5.0
-    for model in ("s-pop", "stamp", "mkmsr-rn", "stan"):
+    for model in ("s-pop", "stamp", "mkmsr-rn-nb", "stan"):
         rec = json.loads((out / "optuna" / "planted" / model / "budget.json").read_text())
         assert rec["budget"]["trials"] == 2
         s = rec["summary"]
         assert s["stopped"] in ("trials", "space") and s["trials"]["complete"] + s["trials"]["pruned"] <= 2
     stan_best = json.loads((out / "optuna" / "planted" / "stan" / "budget.json").read_text())["best"]["model"]
-    for model in ("stamp", "mkmsr-rn"):
+    for model in ("stamp", "mkmsr-rn-nb"):
         best = json.loads((out / "optuna" / "planted" / model / "budget.json").read_text())["best"]
         conf = json.loads((out / "runs" / "planted" / model / "seed0" / "config.json").read_text())
         assert conf["train_config"]["lr"] == pytest.approx(best["train"]["lr"])
         for k, v in best["model"].items():
             assert conf["model_config"][k] == v
-    rn = json.loads((out / "runs" / "planted" / "mkmsr-rn" / "seed0" / "config.json").read_text())["model_config"]
+    rn = json.loads((out / "runs" / "planted" / "mkmsr-rn-nb" / "seed0" / "config.json").read_text())["model_config"]
     assert all(rn[f"nb_{k}"] == v for k, v in stan_best.items())
     # a rerun reuses the recorded searches: no new trial anywhere
     before = {m: len(json.loads((out / "optuna" / "planted" / m / "trials.json").read_text())["trials"])
-              for m in ("s-pop", "stamp", "mkmsr-rn", "stan")}
-    bm.run_benchmark(out, {"planted": planted_data}, ["s-pop", "stamp", "mkmsr-rn"], seeds=1,
+              for m in ("s-pop", "stamp", "mkmsr-rn-nb", "stan")}
+    bm.run_benchmark(out, {"planted": planted_data}, ["s-pop", "stamp", "mkmsr-rn-nb"], seeds=1,
                      train_overrides=train, optuna=budget)
     assert before == {m: len(json.loads((out / "optuna" / "planted" / m / "trials.json").read_text())["trials"])
                       for m in before}
