@@ -238,7 +238,10 @@ class _CosineItemVectors(torch.autograd.Function):
     @staticmethod
     def forward(ctx, E, W, keep, A, AT, eps: float):
         X = A @ W                                                            # (n + 1, d)
-        X.add_(E if keep is None else E * keep[:, None])
+        if keep is None:
+            X.add_(E)
+        else:
+            X.addcmul_(E, keep[:, None])                                     # no (n + 1, d) temporary
         n = torch.linalg.vector_norm(X, dim=1, keepdim=True).clamp_min_(eps)
         V = X.div_(n)
         ctx.save_for_backward(V, n, keep if keep is not None else torch.empty(0))
@@ -251,10 +254,10 @@ class _CosineItemVectors(torch.autograd.Function):
         V, n, keep = ctx.saved_tensors
         # d normalize(x) = (g - v <g, v>) / |x|
         dX = torch.addcmul(g, V, (g * V).sum(dim=1, keepdim=True), value=-1.0).div_(n)
+        dW = ctx.AT @ dX if ctx.needs_input_grad[1] else None
         dE = None
         if ctx.needs_input_grad[0]:
-            dE = dX * keep[:, None] if ctx.has_keep else dX
-        dW = ctx.AT @ dX if ctx.needs_input_grad[1] else None
+            dE = dX.mul_(keep[:, None]) if ctx.has_keep else dX              # in place: dW is taken
         return dE, dW, None, None, None, None
 
 
