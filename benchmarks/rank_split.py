@@ -15,6 +15,12 @@ benchmark did; the script checks the ranks against the run's saved ``test_ranks.
 * ``repeat`` / ``repeat inside``: repeat targets ranked among all items, and among their
   session's items (the repeat ordering alone).
 
+And how well each model's scores tell repeat from first-time targets (``repeat AUC``): the AUC,
+over the test prefixes, of the margin between the best-scored session item and the best-scored
+item outside the session (1: the model puts the session's items above exactly when the next item
+repeats; 0.5: its placement of them carries no information about it); for a model with a learned
+repeat gate (MKM-SR-RN) also the AUC of the gate's P(repeat) itself (``gate AUC``).
+
 And per dataset, how predictable "the next item repeats a session item" is at all: a logistic
 regression on session features (length, distinct items, share of repeated steps, whether the last
 item was a repeat, the last operation, the share of each operation) fitted on the train split's
@@ -48,7 +54,8 @@ MODELS = "s-pop,stan-remind,sasrec,gcsan,repeatnet,core,mgnn-spred,mkmsr+,mkmsr-
 COLUMNS = (("hit@20", "Hit@20"), ("mrr@20", "MRR@20"), ("first_mrr@20", "first MRR"),
            ("first_outside_hit@20", "first outside Hit"), ("first_outside_mrr@20", "first outside MRR"),
            ("first_session_above", "above"), ("repeat_mrr@20", "repeat MRR"),
-           ("repeat_inside_mrr@20", "repeat inside MRR"))
+           ("repeat_inside_mrr@20", "repeat inside MRR"), ("repeat_margin_auc", "repeat AUC"),
+           ("repeat_gate_auc", "gate AUC"))
 
 
 def session_features(data: PreparedData, split: str, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +120,30 @@ def repeat_predictability(data: PreparedData) -> dict:
     return out
 
 
+@torch.no_grad()
+def repeat_decision(model, data: PreparedData, split: str, max_len: int | None, batch_size: int = 512) -> dict:
+    """AUC (repeat vs first-time targets of ``split``) of the margin max score over the session's
+    items − max score outside them, and, for a model with a ``repeat`` gate component, of the gate's
+    log P(repeat) (else None)."""
+    arr = data.split(split)
+    sess, prefix = arr.samples()
+    margin, gate, Y = [], [], []
+    comps = getattr(model, "components", [])
+    for lo in range(0, sess.size, batch_size):
+        b = make_batch(arr, sess[lo:lo + batch_size], prefix[lo:lo + batch_size], max_len)
+        x = model.logits(b)                                                     # (B, n)
+        inside = torch.zeros(len(b), x.shape[1] + 1, dtype=torch.bool).scatter_(1, b.items, b.mask)[:, 1:]
+        neg = torch.tensor(float("-inf"), dtype=x.dtype)
+        margin.append(torch.where(inside, x, neg).amax(1) - torch.where(inside, neg, x).amax(1))
+        Y.append(((b.items == b.targets[:, None]) & b.mask).any(1))
+        if "repeat" in comps:
+            V = model.scoring_vectors()
+            gate.append(model._parts(b, V, own_excluded=False)["log_pi"][:, comps.index("repeat")])
+    Y = torch.cat(Y)
+    m = torch.cat(margin).nan_to_num(nan=0.0, posinf=1e30, neginf=-1e30)
+    return {"repeat_margin_auc": auc(m, Y), "repeat_gate_auc": auc(torch.cat(gate), Y) if gate else None}
+
+
 def run_metrics(rd: Path, data: PreparedData, threads: int) -> dict:
     model = load_checkpoint(rd / "best")[0].eval()
     model.fit_statistics(data)
@@ -125,7 +156,7 @@ def run_metrics(rd: Path, data: PreparedData, threads: int) -> dict:
         if not (np.array_equal(z["greater"], c["greater"]) and np.array_equal(z["ties"], c["ties"])):
             raise SystemExit(f"{rd}: re-ranked test differs from the run's saved test_ranks.npz "
                              f"({int((z['greater'] != c['greater']).sum())} samples): not the benchmark's model")
-    return metrics_from_counts(c, data.item_train_count)
+    return {**metrics_from_counts(c, data.item_train_count), **repeat_decision(model, data, "test", max_len)}
 
 
 def main(argv=None) -> int:

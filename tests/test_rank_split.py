@@ -66,3 +66,26 @@ def test_rank_split_reads_finished_runs(synthetic_data, tmp_path):
     metrics = json.loads((work / "runs" / "Taobao" / "core" / "seed0" / "metrics.json").read_text())
     assert core["mrr@20"][0] == pytest.approx(metrics["test"]["mrr@20"])
     assert "inside_above" in np.load(work / "runs" / "Taobao" / "core" / "seed0" / "test_ranks.npz")
+
+
+def test_repeat_decision_aucs_of_a_gated_model(synthetic_data):
+    """The repeat-decision AUCs lie in [0, 1]; the gate AUC exists for a model with a repeat gate
+    only, and equals the AUC of the gate read off by hand."""
+    from mkmsr.models import build_model
+    mod = load_script()
+    data = PreparedData(synthetic_data)
+    m = build_model("mkmsr-rn", data.spec, {"dim": 8, "explore_expert": ""})
+    m.fit_statistics(data)
+    m.eval()
+    got = mod.repeat_decision(m, data, "test", None)
+    assert 0.0 <= got["repeat_margin_auc"] <= 1.0 and 0.0 <= got["repeat_gate_auc"] <= 1.0
+    from mkmsr.data.batching import make_batch
+    sess, prefix = data.split("test").samples()
+    b = make_batch(data.split("test"), sess, prefix)
+    with torch.no_grad():
+        g = m._parts(b, m.scoring_vectors(), own_excluded=False)["log_pi"][:, m.components.index("repeat")]
+    y = ((b.items == b.targets[:, None]) & b.mask).any(1)
+    assert got["repeat_gate_auc"] == pytest.approx(mod.auc(g, y))
+    core = build_model("core", data.spec, {"dim": 8})
+    core.fit_statistics(data)
+    assert mod.repeat_decision(core.eval(), data, "test", None)["repeat_gate_auc"] is None
