@@ -46,6 +46,7 @@ from mkmsr.checkpoint import load_checkpoint  # noqa: E402
 from mkmsr.data.batching import make_batch  # noqa: E402
 from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.fsutil import write_json  # noqa: E402
+from mkmsr.models.mkmsr_rn import repeat_features  # noqa: E402
 from mkmsr.training.benchmark import mean_std  # noqa: E402
 from mkmsr.training.evaluate import metrics_from_counts, split_rank_counts  # noqa: E402
 
@@ -62,23 +63,11 @@ def session_features(data: PreparedData, split: str, batch_size: int = 4096) -> 
     """(n, f) features of every prefix of ``split`` and (n,) bool: its target repeats a session item."""
     arr = data.split(split)
     sess, prefix = arr.samples()
-    n_ops = data.spec.n_ops
     X, Y = [], []
     for lo in range(0, sess.size, batch_size):
         b = make_batch(arr, sess[lo:lo + batch_size], prefix[lo:lo + batch_size])
-        B, L = b.items.shape
-        ar = torch.arange(B)
-        m = b.mask
-        x = b.items.masked_fill(~m, 0).sort(dim=1).values
-        distinct = ((x != 0) & F.pad(x[:, 1:] != x[:, :-1], (1, 0), value=True)).sum(1).float()
-        last = b.items[ar, b.lengths - 1]
-        last_count = ((b.items == last[:, None]) & m).sum(1)
-        Lf = b.lengths.float()
-        op_share = torch.zeros(B, n_ops).scatter_add_(1, b.ops, m.float()) / Lf[:, None]
-        last_op = F.one_hot(b.ops[ar, b.lengths - 1], n_ops).float()
-        X.append(torch.cat([torch.stack([Lf.log(), distinct.log(), (Lf - distinct) / Lf, (last_count > 1).float()], 1),
-                            op_share, last_op], 1))
-        Y.append(((b.items == b.targets[:, None]) & m).any(1))
+        X.append(repeat_features(b, data.spec.n_ops))
+        Y.append(((b.items == b.targets[:, None]) & b.mask).any(1))
     return torch.cat(X), torch.cat(Y)
 
 

@@ -581,3 +581,53 @@ def test_the_default_has_no_neighbourhood(synthetic_data):
     assert make_config("mkmsr-rn-no-nb") == make_config("mkmsr-rn")
     assert MODELS["mkmsr-rn-nb"][0] is MKMSRRN
     assert MKMSRRN.upgrade_config({"dim": 8})["neighbours"] is True
+
+
+def test_repeat_features_by_hand():
+    """log length, log distinct items, repeated share, last item seen before, op shares, last op."""
+    from mkmsr.models.mkmsr_rn import repeat_features
+    b = batch_from_sequences([[3, 5, 3], [7, 2]], [[1, 2, 2], [0, 1]])
+    x = repeat_features(b, 3)
+    assert x.shape == (2, 4 + 2 * 3)
+    want0 = [np.log(3), np.log(2), 1 / 3, 1.0, 0.0, 1 / 3, 2 / 3, 0.0, 0.0, 1.0]
+    want1 = [np.log(2), np.log(2), 0.0, 0.0, 0.5, 0.5, 0.0, 0.0, 1.0, 0.0]
+    assert torch.allclose(x, torch.tensor([want0, want1], dtype=torch.float32), atol=1e-6)
+
+
+def test_the_repeat_hurdle_splits_the_mass_between_session_and_new_items(synthetic_data):
+    """q = sigmoid(T z + b) of the mass on the session's items, the rest on the others, each part
+    in the model's own order; off (b <= -20) changes nothing; the regression is fitted on the train
+    split and travels in the checkpoint."""
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    assert float(m.hurdle_w.abs().sum()) > 0                               # fitted in fit_statistics
+    b = some_batch(data, 8)
+    with torch.no_grad():
+        off = m.logits(b)
+        m.config.hurdle_shift, m.config.hurdle_temperature = 1.0, 2.0
+        on = m.logits(b)
+        z = m.repeat_logit(b)
+    inside = torch.zeros(len(b), data.spec.n_items + 1, dtype=torch.bool).scatter_(1, b.items, b.mask)[:, 1:]
+    mass_in = torch.logsumexp(on.masked_fill(~inside, float("-inf")), 1)
+    assert torch.allclose(mass_in, F.logsigmoid(2.0 * z + 1.0), atol=1e-5)
+    assert torch.allclose(torch.logsumexp(on, 1), torch.zeros(len(b)), atol=1e-5)
+    for r in range(len(b)):      # the order within each part is the model's
+        for part in (inside[r], ~inside[r]):
+            assert torch.equal(torch.argsort(off[r][part], stable=True), torch.argsort(on[r][part], stable=True))
+    m.config.hurdle_shift = -20.0
+    with torch.no_grad():
+        assert torch.equal(m.logits(b), off)
+    # a checkpoint from before the hurdle (no regression buffers) still loads, unfitted
+    sd = {k: v for k, v in m.state_dict().items() if not k.startswith("hurdle_")}
+    fresh = build_model("mkmsr-rn", data.spec, {"dim": 16, "explore_expert": ""})
+    fresh.load_state_dict(sd)
+    assert float(fresh.hurdle_w.abs().sum()) == 0.0
+
+
+def test_the_hurdle_is_calibrated_unless_switched_off(synthetic_data):
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    grid = m.calibration_grid()
+    assert grid["hurdle_shift"][0] == -20.0 and "hurdle_temperature" in grid
+    off = build_model("mkmsr-rn-no-hurdle", data.spec, {"dim": 8, "explore_expert": ""})
+    assert "hurdle_shift" not in off.calibration_grid()
+    # a saved configuration from before the hurdle keeps meaning the model without it
+    assert type(m).upgrade_config({"dim": 8})["repeat_hurdle"] is False
