@@ -378,12 +378,14 @@ def test_serving_ranks_cold_items_by_knowledge_match_as_evaluate_does(synthetic_
 
 
 def test_serving_keeps_the_calibrated_repeat_options(synthetic_data, tmp_path):
-    """repeat_explore / repeat_recency set (as calibration leaves them) travel in the checkpoint,
+    """repeat_explore / repeat_recency / the repeat hurdle set (as calibration leaves them) travel in the checkpoint,
     and Recommender ranks the session's items and the rest exactly as model.score."""
-    m, data = fitted(synthetic_data, repeat_explore=2.0, repeat_recency=0.5, gate_shift=1.0)
+    m, data = fitted(synthetic_data, repeat_explore=2.0, repeat_recency=0.5, gate_shift=1.0, hurdle_shift=2.0,
+                     hurdle_temperature=0.5)
     save_checkpoint(tmp_path / "ckpt", m, "mkmsr-rn", data)
     rec = Recommender.load(tmp_path / "ckpt", scan="float32")
     assert rec.model.config.repeat_explore == 2.0 and rec.model.config.repeat_recency == 0.5
+    assert rec.model.config.hurdle_shift == 2.0 and torch.equal(rec.model.hurdle_w, m.hurdle_w)
     b = some_batch(data, 6)
     with torch.no_grad():
         want = m.score(b)[:, 1:]
