@@ -261,4 +261,7 @@ def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(syntheti
     assert got3["explore_expert2"]["model"] == "sasrec" and got3["explore_expert2"]["test"] == sas_row["test"]
     assert (td / "expert2" / "log.jsonl").read_text() == (sas.run_dir(tmp_path) / "log.jsonl").read_text()
     assert "expert2_weight" in got3["tuned_on_validation"]["calibration_grid"]
-    assert got3["valid"]["mrr@20"] >= got["valid"]["mrr@20"] - 1e-9   # its search starts where mkmsr-rn's did
+    # the greedy search over the wider grid need not pass through mkmsr-rn's end point; what it
+    # keeps is the best validation figure it visited
+    seen = got3["tuned_on_validation"]["valid_mrr@20_by_calibration"]
+    assert abs(got3["valid"]["mrr@20"] - max(seen.values())) < 1e-6
