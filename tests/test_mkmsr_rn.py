@@ -378,14 +378,16 @@ def test_serving_ranks_cold_items_by_knowledge_match_as_evaluate_does(synthetic_
 
 
 def test_serving_keeps_the_calibrated_repeat_options(synthetic_data, tmp_path):
-    """repeat_explore / repeat_recency / the repeat hurdle set (as calibration leaves them) travel in the checkpoint,
+    """repeat_explore / repeat_recency / the repeat hurdle / the knowledge prior set (as calibration leaves them)
+    travel in the checkpoint,
     and Recommender ranks the session's items and the rest exactly as model.score."""
     m, data = fitted(synthetic_data, repeat_explore=2.0, repeat_recency=0.5, gate_shift=1.0, hurdle_shift=2.0,
-                     hurdle_temperature=0.5)
+                     hurdle_temperature=0.5, prior_weight=4.0, prior_idf=1.0)
     save_checkpoint(tmp_path / "ckpt", m, "mkmsr-rn", data)
     rec = Recommender.load(tmp_path / "ckpt", scan="float32")
     assert rec.model.config.repeat_explore == 2.0 and rec.model.config.repeat_recency == 0.5
     assert rec.model.config.hurdle_shift == 2.0 and torch.equal(rec.model.hurdle_w, m.hurdle_w)
+    assert rec.model.config.prior_weight == 4.0 and rec.model.config.prior_idf == 1.0
     b = some_batch(data, 6)
     with torch.no_grad():
         want = m.score(b)[:, 1:]
@@ -633,3 +635,68 @@ def test_the_hurdle_is_calibrated_unless_switched_off(synthetic_data):
     assert "hurdle_shift" not in off.calibration_grid()
     # a saved configuration from before the hurdle keeps meaning the model without it
     assert type(m).upgrade_config({"dim": 8})["repeat_hurdle"] is False
+
+
+def test_the_knowledge_prior_scores_by_hand(synthetic_data):
+    """k(s, i) = sum over i's attribute values a of v(a) * (recency-weighted share of the session's
+    positions whose item has a), v = idf^gamma rescaled to mean 1 over the triplets."""
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", prior_idf=1.0, prior_recency=2.0)
+    b = some_batch(data, 4)
+    got = m.knowledge_prior_scores(b)
+    n = data.spec.n_items
+    assert got.shape == (4, n)
+    items, values = m.attr_item.tolist(), m.attr_value.tolist()
+    support: dict[int, int] = {}
+    for a in values:
+        support[a] = support.get(a, 0) + 1
+    idf = {a: max(np.log((n + 1) / c), 0.0) for a, c in support.items()}
+    mean_v = np.mean([idf[a] for a in values])
+    has: dict[int, set] = {}
+    for i, a in zip(items, values):
+        has.setdefault(i, set()).add(a)
+    for r in range(len(b)):
+        L = int(b.lengths[r])
+        w = [np.exp(-(L - 1 - t) / 2.0) for t in range(L)]
+        seq = [int(b.items[r, t]) for t in range(L)]
+        for i in (1, 5, 17, seq[0], n):
+            want = sum(idf[a] / mean_v * sum(wt for wt, x in zip(w, seq) if a in has.get(x, ())) / sum(w)
+                       for a in has.get(i, ()))
+            assert abs(float(got[r, i - 1]) - want) < 1e-4, (r, i)
+    assert float(got[:, seq[0] - 1].max()) > 0
+
+
+def test_the_knowledge_prior_moves_only_the_new_items(synthetic_data):
+    """With prior_weight w the items outside the session are re-ranked by log p + w k and keep
+    their total mass; the session's items are untouched; w = 0 (or knowledge_prior off) changes
+    nothing."""
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    b = some_batch(data, 8)
+    with torch.no_grad():
+        off = m.logits(b)
+        k = m.knowledge_prior_scores(b)
+        m.config.prior_weight, m.config.prior_idf = 4.0, 1.0
+        on = m.logits(b)
+        k1 = m.knowledge_prior_scores(b)
+        m.config.knowledge_prior = False
+        assert torch.equal(m.logits(b), off)
+    assert not torch.equal(k, k1)                     # gamma changes the value weights
+    inside = torch.zeros(len(b), data.spec.n_items + 1, dtype=torch.bool).scatter_(1, b.items, b.mask)[:, 1:]
+    assert torch.equal(on[inside], off[inside])
+    neg = float("-inf")
+    assert torch.allclose(torch.logsumexp(on.masked_fill(inside, neg), 1), torch.logsumexp(off.masked_fill(inside, neg), 1),
+                          atol=1e-5)
+    want = off + 4.0 * k1
+    for r in range(len(b)):
+        out = ~inside[r]
+        assert torch.allclose(on[r][out] - on[r][out].max(), want[r][out] - want[r][out].max(), atol=1e-4)
+    assert not torch.equal(on, off)
+
+
+def test_the_knowledge_prior_is_calibrated_unless_switched_off(synthetic_data):
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    grid = m.calibration_grid()
+    assert grid["prior_weight"][0] == 0.0 and grid["prior_idf"][0] == 0.0
+    off = build_model("mkmsr-rn-no-prior", data.spec, {"dim": 8, "explore_expert": ""})
+    assert "prior_weight" not in off.calibration_grid() and "hurdle_shift" in off.calibration_grid()
+    # a saved configuration from before the prior keeps meaning the model without it
+    assert type(m).upgrade_config({"dim": 8})["knowledge_prior"] is False

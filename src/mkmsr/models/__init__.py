@@ -59,6 +59,7 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-nb": (MKMSRRN, {"neighbours": True}),
     "mkmsr-rn-no-repeat": (MKMSRRN, {"repeat": False}),
     "mkmsr-rn-no-hurdle": (MKMSRRN, {"repeat_hurdle": False}),
+    "mkmsr-rn-no-prior": (MKMSRRN, {"knowledge_prior": False}),
     "mkmsr-rn-no-nb": (MKMSRRN, {"neighbours": False}),
     "mkmsr-rn-no-cold": (MKMSRRN, {"cold_items": "id"}),
     "mkmsr-rn-cold-component": (MKMSRRN, {"cold_items": "component", "id_dropout": 0.1}),
