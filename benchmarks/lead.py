@@ -40,7 +40,7 @@ from table2 import seed_matrix  # noqa: E402
 LEAD = "mkmsr-rn"
 MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "stamp", "sasrec", "gcsan",
           "repeatnet", "core", "core-kg", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
-ABLATIONS = ["mkmsr-rn-no-hurdle", "mkmsr-rn-nb", "mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr",
+ABLATIONS = ["mkmsr-rn-no-prior", "mkmsr-rn-no-hurdle", "mkmsr-rn-nb", "mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr",
              "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
 SPLIT = ("hit@20", "mrr@20", "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20",
          "cold_first_hit@20", "cold_first_mrr@20")
