@@ -114,11 +114,20 @@ class CORE(AttributeMean, SessionModel):
             self._fit_attributes(data)
 
     def item_embeddings(self) -> torch.Tensor:
-        """(n_items + 1, d) the item vectors: own embedding (+ attribute mean); row 0 is 0."""
+        """(n_items + 1, d) the item vectors: own embedding (+ attribute mean); row 0 is 0.
+        Without autograd (evaluation, serving, a frozen explore expert) the attribute mean is
+        computed once per parameter and knowledge-graph version and reused."""
         E = self.item_embedding.weight
         if self.config.item_repr == "id":
             return E
-        return E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight)
+        if torch.is_grad_enabled():
+            return E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight)
+        key = (E._version, E.data_ptr(), self.attr_embedding.weight._version, self.attr_embedding.weight.data_ptr(),
+               self.attr_item.data_ptr(), self.attr_item.numel(), E.device)
+        cache = getattr(self, "_emb_cache", None)
+        if cache is None or cache[0] != key:
+            self._emb_cache = cache = (key, E + torch.sparse.mm(self._attribute_matrix(), self.attr_embedding.weight))
+        return cache[1]
 
     def session_vectors(self, batch: Batch) -> torch.Tensor:
         """(B, d) h_s / (||h_s|| tau): its dot product with ``candidate_vectors`` is cos / tau."""

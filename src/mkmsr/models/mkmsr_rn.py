@@ -123,34 +123,47 @@ def repeat_features(batch: Batch, n_ops: int) -> torch.Tensor:
                       op_share, last_op], 1)
 
 
+def knowledge_prior_matrices(attr_item: torch.Tensor, attr_value: torch.Tensor, n_items: int, n_attr: int,
+                             idf: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two sparse CSR matrices of :func:`knowledge_prior_scores`: (n_attr, n_items + 1) value x
+    item incidence, and (n_items + 1, n_attr) item x value with each value weighted
+    v(a) = idf(a)^idf rescaled to mean 1 over the triplets, idf(a) = log((n + 1) / items with a)."""
+    n = n_items
+    dev = attr_item.device
+    idx = torch.stack([attr_item, attr_value.to(dev)])
+    At = torch.sparse_coo_tensor(idx.flip(0), torch.ones(idx.shape[1], device=dev), (n_attr, n + 1),
+                                 check_invariants=False).coalesce().to_sparse_csr()
+    support = torch.bincount(idx[1], minlength=n_attr).to(torch.float32)
+    v = torch.log((n + 1) / support.clamp(min=1.0)).clamp(min=0.0) ** idf
+    v = v / v[idx[1]].mean().clamp(min=1e-12)
+    Av = torch.sparse_coo_tensor(idx, v[idx[1]], (n + 1, n_attr), check_invariants=False).coalesce().to_sparse_csr()
+    return At, Av
+
+
 @torch.no_grad()
 def knowledge_prior_scores(batch: Batch, attr_item: torch.Tensor, attr_value: torch.Tensor, n_items: int,
-                           n_attr: int, idf: float = 0.0, recency: float = 2.0) -> torch.Tensor:
+                           n_attr: int, idf: float = 0.0, recency: float = 2.0,
+                           matrices: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(B, n_items) k(s, i) = sum over the attribute values a of item i (brand, shop, category...)
     of v(a) * sum_t w_t 1[x_t has a] / sum_t w_t: the recency-weighted share of the session's
     positions whose item has a, w_t = exp(-(L - 1 - t) / recency), each value weighted
     v(a) = idf(a)^idf rescaled to mean 1 over the triplets, idf(a) = log((n + 1) / items with a).
-    ``attr_item`` / ``attr_value`` (T,): the knowledge triplets' item and value indices. From the
-    knowledge graph alone: a cold item scores as a warm one."""
+    ``attr_item`` / ``attr_value`` (T,): the knowledge triplets' item and value indices;
+    ``matrices``: :func:`knowledge_prior_matrices` of them, when already built. From the knowledge
+    graph alone: a cold item scores as a warm one."""
     n = n_items
     B, L = batch.items.shape
     dev = batch.items.device
-    idx = torch.stack([attr_item.to(dev), attr_value.to(dev)])
-    A = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1], device=dev), (n + 1, n_attr),
-                                check_invariants=False).coalesce()
-    support = torch.bincount(idx[1], minlength=n_attr).to(torch.float32)
-    v = torch.log((n + 1) / support.clamp(min=1.0)).clamp(min=0.0) ** idf
-    v = v / v[idx[1]].mean().clamp(min=1e-12)
-    Av = torch.sparse_coo_tensor(idx, v[idx[1]], (n + 1, n_attr), check_invariants=False).coalesce()
+    At, Av = matrices if matrices is not None else knowledge_prior_matrices(
+        attr_item.to(dev), attr_value.to(dev), n, n_attr, idf)
     rec = (batch.lengths[:, None] - 1 - torch.arange(L, device=dev)[None, :]).to(torch.float32)
     w = torch.where(batch.mask, torch.exp(-rec / recency), torch.zeros_like(rec))
     w = w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
     W = torch.zeros(B, n + 1, device=dev).index_put_((torch.arange(B, device=dev)[:, None].expand(B, L), batch.items),
                                                      w, accumulate=True)
     W[:, 0] = 0.0
-    profile = torch.sparse.mm(A.t(), W.T)                                       # (n_attr, B)
-    return torch.sparse.mm(Av, profile).T[:, 1:]                               # (B, n)
-
+    profile = At @ W.T                                                          # (n_attr, B)
+    return (Av @ profile).T[:, 1:]                                              # (B, n)
 
 def logsumexp(x: torch.Tensor) -> torch.Tensor:
     """(B, 1) log sum exp over dim 1, within e^-80 relative of the exact one and free of
@@ -392,6 +405,8 @@ class MKMSRRN(MKMSR):
         for name, size in (("hurdle_mu", n_feat), ("hurdle_sd", n_feat), ("hurdle_w", n_feat), ("hurdle_b", 1)):
             self.register_buffer(name, torch.ones(size) if name == "hurdle_sd" else torch.zeros(size))
         self._keep: torch.Tensor | None = None   # the id mask of the current training step
+        #: (knowledge graph and gamma key, the knowledge prior's sparse matrices), not saved
+        self._prior_matrices: tuple | None = None
         #: (split origin, own session excluded) -> CSR (indptr, cols, vals) of the normalised
         #: neighbourhood scores of every prefix of that split (fit_statistics, when nb_cache; not saved)
         self._nb_cache: dict[tuple[str, bool], tuple[torch.Tensor, ...]] = {}
@@ -815,9 +830,14 @@ class MKMSRRN(MKMSR):
     def knowledge_prior_scores(self, batch: Batch) -> torch.Tensor:
         """(B, n) k(s, i) of :func:`knowledge_prior_scores` with this model's knowledge triplets
         and ``prior_idf`` / ``prior_recency``."""
-        return knowledge_prior_scores(batch, self.attr_item, self.attr_value, self.spec.n_items,
-                                      self.attr_embedding.num_embeddings, self.config.prior_idf,
-                                      self.config.prior_recency)
+        n_attr = self.attr_embedding.num_embeddings
+        key = (self.attr_item.data_ptr(), self.attr_item.numel(), self.attr_item.device, float(self.config.prior_idf))
+        if self._prior_matrices is None or self._prior_matrices[0] != key:   # built once per knowledge graph and gamma
+            self._prior_matrices = (key, knowledge_prior_matrices(self.attr_item, self.attr_value, self.spec.n_items,
+                                                                  n_attr, self.config.prior_idf))
+        return knowledge_prior_scores(batch, self.attr_item, self.attr_value, self.spec.n_items, n_attr,
+                                      self.config.prior_idf, self.config.prior_recency,
+                                      matrices=self._prior_matrices[1])
 
     def _with_knowledge_prior(self, batch: Batch, lp: torch.Tensor) -> torch.Tensor:
         """The knowledge prior (inference only): every item outside the session gets
