@@ -184,6 +184,14 @@ def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions,
                 it, op, _, _ = rec._translate(s, "benchmark")
                 b = batch_from_sequences([it], [op])
                 t1 = time.perf_counter()
+                if rec.item_matrix is None:   # a full-scoring model (per-session scores: mkmsr-rn):
+                    x = rec.model.score(b)    # "encode" is then the whole scoring pass
+                    t2 = time.perf_counter()
+                    torch.topk(x, k, dim=1)
+                    t3 = time.perf_counter()
+                    for key, dt in zip(parts[c], (t1 - t0, t2 - t1, t3 - t2)):
+                        parts[c][key].append(dt * 1e3)
+                    continue
                 v = rec.model.encode(b)
                 t2 = time.perf_counter()
                 if c[1] == "bfloat16":
@@ -205,7 +213,8 @@ def in_process(model: str, configs: list[tuple[int, str]], calls: int, sessions,
     return [{"threads": c[0], "scan": c[1], "calls": calls, "latency_ms": pct(lat[c]),
              "breakdown_mean_ms": {key: float(np.mean(v)) for key, v in parts[c].items()},
              "batch64_sessions_per_s": float(np.median(rates[c])), "n_items": rec.n_items,
-             "item_matrix": list(rec.item_matrix.shape), "item_matrix_contiguous": rec.item_matrix.is_contiguous()}
+             "item_matrix": list(rec.item_matrix.shape) if rec.item_matrix is not None else None,
+             "item_matrix_contiguous": rec.item_matrix.is_contiguous() if rec.item_matrix is not None else None}
             for c in configs]
 
 
@@ -337,7 +346,7 @@ def cmd_measure(a) -> int:
     res["loadavg_1min_at_end"] = os.getloadavg()[0]
 
     lines = [f"Catalogue: {items.height} items ({res['cold_items']} cold-start), d = "
-             f"{res['in_process'][0]['item_matrix'][1] if res['in_process'] else '?'}, k = {a.k}; "
+             f"{(res['in_process'][0]['item_matrix'] or ['?', 'full scoring'])[1] if res['in_process'] else '?'}, k = {a.k}; "
              f"load average {load1:.2f} at start, {res['loadavg_1min_at_end']:.2f} at end.", "",
              "In-process, one session per call (`Recommender.recommend`):", "",
              "| torch threads | scan | calls | p50 ms | p90 ms | p99 ms | max ms | mean ms: ids | encode | rank | batch of 64, sessions/s |",
