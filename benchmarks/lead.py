@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -42,6 +44,9 @@ MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "st
           "repeatnet", "core", "core-kg", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
 ABLATIONS = ["mkmsr-rn-no-prior", "mkmsr-rn-no-hurdle", "mkmsr-rn-nb", "mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr",
              "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
+#: the Taobao head's test blocks (rolling origin): "Taobao" (the latest tenth of the sessions), "Taobao-1",
+#: "Taobao-2" (the tenths before it); the report pools them into "Taobao, 3 blocks"
+TAOBAO_BLOCKS = 3
 SPLIT = ("hit@20", "mrr@20", "repeat_hit@20", "repeat_mrr@20", "first_hit@20", "first_mrr@20",
          "cold_first_hit@20", "cold_first_mrr@20")
 
@@ -66,6 +71,17 @@ def prepared(work: Path, shared: Path) -> dict[str, Path]:
                 PrepareConfig(cold_start="drop", min_item_count=default_min_item_count("taobao")), overwrite=True)
     if (d / "manifest.json").exists():
         out["Taobao"] = d
+    # rolling origin: the same log with the test block moved k blocks back (exclude_latest = k * 0.1,
+    # the latest k tenths of the sessions left out), so the three Taobao test blocks are disjoint and
+    # adjacent; each trains on the sessions before its block only
+    for k in range(1, TAOBAO_BLOCKS):
+        d = work / f"prepared-taobao-{k}"
+        if tb.exists() and not (d / "manifest.json").exists():
+            prepare(read_taobao(tb, drop_truncated_last_row=True), d,
+                    PrepareConfig(cold_start="drop", min_item_count=default_min_item_count("taobao"),
+                                  exclude_latest=0.1 * k), overwrite=True)
+        if (d / "manifest.json").exists():
+            out[f"Taobao-{k}"] = d
     return out
 
 
@@ -143,14 +159,59 @@ def report(work: Path, datasets: dict[str, Path], models: list[str], seeds: int,
                 verdicts[m] = v
         res["datasets"][label] = {"test_samples": int(data.split("test").samples()[0].size), "rows": rows,
                                   "lead_vs": verdicts}
+    blocks = ["Taobao"] + [f"Taobao-{k}" for k in range(1, TAOBAO_BLOCKS)]
+    if all(b in datasets for b in blocks):
+        res["pooled"] = {f"Taobao, {TAOBAO_BLOCKS} blocks": pooled(work, {b: datasets[b] for b in blocks}, models,
+                                                               seeds, lead)}
     write_json(work / ("lead.json" if lead == LEAD else f"lead-{lead}.json"), res)
     return res
+
+
+def pooled(work: Path, datasets: dict[str, Path], models: list[str], seeds: int, lead: str) -> dict:
+    """One comparison over the test samples of several test blocks of one log (rolling origin):
+    each row's per-sample metric of seed k on every block, side by side (a row is pooled only when
+    it has runs on every block; seeds cut to the fewest any block has), so the paired bootstrap
+    draws from all the blocks' samples at once."""
+    data = {b: PreparedData(p) for b, p in datasets.items()}
+    mats: dict[str, dict[str, np.ndarray]] = {}
+    for m in models:
+        per = {b: run_dirs(work, b, data[b], m, seeds) for b in datasets}
+        if not all(per.values()):
+            continue
+        mats[m] = {}
+        for metric in ("hit@20", "mrr@20"):
+            ms = [seed_matrix(per[b], data[b], metric) for b in datasets]
+            if any(x is None for x in ms):
+                break
+            s = min(x.shape[0] for x in ms)
+            mats[m][metric] = np.hstack([x[:s] for x in ms])
+        else:
+            continue
+        del mats[m]
+    rows = {m: {"runs": int(v["hit@20"].shape[0]),
+                **{k: (float(v[k].mean(axis=1).mean()), float(v[k].mean(axis=1).std())) for k in v}}
+            for m, v in mats.items()}
+    verdicts = {}
+    if lead in mats:
+        for m in mats:
+            if m != lead:
+                verdicts[m] = {k: bm.paired_bootstrap(mats[lead][k], mats[m][k]) for k in ("hit@20", "mrr@20")}
+    return {"blocks": list(datasets), "test_samples": int(sum(x.split("test").samples()[0].size for x in data.values())),
+            "rows": rows, "lead_vs": verdicts}
 
 
 def f(t, det=False) -> str:
     if t is None or t[0] != t[0]:
         return "–"
     return f"{t[0]:.2f}" if det or t[1] == 0 else f"{t[0]:.2f} ± {t[1]:.2f}"
+
+
+def verdict(x: dict | None) -> str:
+    """A paired difference as the report prints it: mean ± se and the 2-standard-error verdict."""
+    if not x:
+        return "–"
+    tag = "**ahead**" if x["mean"] > 2 * x["se"] else ("behind" if x["mean"] < -2 * x["se"] else "within noise")
+    return f"{x['mean']:+.2f} ± {x['se']:.2f} {tag}"
 
 
 def markdown(res: dict, seconds: float) -> str:
@@ -176,17 +237,28 @@ def markdown(res: dict, seconds: float) -> str:
             v = d["lead_vs"].get(m, {})
 
             def vd(k):
-                x = v.get(k)
-                if not x:
-                    return "–"
-                tag = "**ahead**" if x["mean"] > 2 * x["se"] else ("behind" if x["mean"] < -2 * x["se"] else "within noise")
-                return f"{x['mean']:+.2f} ± {x['se']:.2f} {tag}"
+                return verdict(v.get(k))
             best = ("n/a" if r["best_hit@20"][0] != r["best_hit@20"][0]
                     else f"{f(r['best_hit@20'], det)} / {f(r['best_mrr@20'], det)}")
             L.append("| " + " | ".join([f"**{m}**" if m == res["lead"] else m, str(r["runs"]), r["tuning"],
                                         f(r["hit@20"], det), f(r["mrr@20"], det), best, f(r["repeat_hit@20"], det), f(r["repeat_mrr@20"], det),
                                         f(r["first_hit@20"], det), f(r["first_mrr@20"], det),
                                         f(r["cold_first_hit@20"], det), vd("hit@20"), vd("mrr@20")]) + " |")
+        L.append("")
+    for label, d in res.get("pooled", {}).items():
+        L += [f"## {label} (pooled)", "", f"The test samples of {', '.join(d['blocks'])} together: {d['test_samples']} "
+              "(rolling origin: each block's models trained on the sessions before it). Per row: the mean over "
+              "seeds of the pooled Hit@20 / MRR@20 (± std over seeds); verdicts paired over the pooled samples "
+              "and seeds.", "",
+              "| model | runs | Hit@20 | MRR@20 | lead − row Hit@20 (± se) | lead − row MRR@20 (± se) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+        for m, r in d["rows"].items():
+            det = not bm.MODELS[m][0].trainable
+            v = d["lead_vs"].get(m, {})
+
+            L.append("| " + " | ".join([f"**{m}**" if m == res["lead"] else m, str(r["runs"]),
+                                        f(tuple(r["hit@20"]), det), f(tuple(r["mrr@20"]), det), verdict(v.get("hit@20")),
+                                        verdict(v.get("mrr@20"))]) + " |")
         L.append("")
     return "\n".join(L)
 
@@ -196,7 +268,7 @@ def main(argv=None) -> int:
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "table2"))
     p.add_argument("--docs", default=str(ROOT / "docs"))
-    p.add_argument("--datasets", default="Demo,Demo(N),Taobao")
+    p.add_argument("--datasets", default="Demo,Demo(N),Taobao,Taobao-1,Taobao-2")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--ablations", default=",".join(ABLATIONS), help="run with --ablation-seeds seeds")
     p.add_argument("--seeds", type=int, default=5)

@@ -28,3 +28,36 @@ def test_tuning_labels_name_what_was_chosen_on_validation(tmp_path):
     rec.parent.mkdir(parents=True)
     rec.write_text(json.dumps({"budget": {"trials": 6, "minutes": 4}}))
     assert mod.tuning_of(tmp_path, "Demo", "core") == "optuna 6 trials / 4 min"
+
+
+def test_pooled_blocks_put_each_seeds_samples_side_by_side(tmp_path, monkeypatch):
+    """The rolling-origin report: a row's seed k on every test block, concatenated over samples (seeds
+    cut to the fewest any block has); rows missing a block are left out; verdicts paired over the pool."""
+    import numpy as np
+    mod = load_script()
+    n = {"A": 3, "B": 2}
+    # per block, per model: (seeds, samples) hit@20 in percent (mrr@20 = half of it)
+    hits = {("A", "lead"): [[100, 100, 0], [100, 0, 0]], ("B", "lead"): [[100, 100], [100, 100], [0, 0]],
+            ("A", "other"): [[0, 0, 0]], ("B", "other"): [[100, 0]],
+            ("A", "half"): [[0, 0, 0]]}
+
+    class Data:
+        def __init__(self, path):
+            self.block = Path(path).name
+
+        def split(self, name):
+            return type("S", (), {"samples": lambda s: (np.zeros(n[self.block]), None)})()
+
+    monkeypatch.setattr(mod, "PreparedData", Data)
+    monkeypatch.setattr(mod, "run_dirs", lambda work, b, data, m, seeds: [(b, m)] if (b, m) in hits else [])
+    monkeypatch.setattr(mod, "seed_matrix", lambda dirs, data, metric: np.asarray(
+        hits[dirs[0]], float) * (1.0 if metric == "hit@20" else 0.5))
+    res = mod.pooled(tmp_path, {"A": tmp_path / "A", "B": tmp_path / "B"}, ["lead", "other", "half"], 5, "lead")
+    assert res["test_samples"] == 5 and set(res["rows"]) == {"lead", "other"}
+    assert res["rows"]["lead"]["runs"] == 2 and res["rows"]["other"]["runs"] == 1
+    # lead's two pooled seeds: [100, 100, 0, 100, 100] and [100, 0, 0, 100, 100] -> 80 and 60
+    assert np.allclose(res["rows"]["lead"]["hit@20"], (70.0, 10.0))
+    assert np.allclose(res["rows"]["other"]["mrr@20"], (10.0, 0.0))
+    v = res["lead_vs"]["other"]["hit@20"]
+    assert np.isclose(v["mean"], 70.0 - 20.0) and v["se"] > 0 and v["seeds_a"] == 2
+    assert "**ahead**" in mod.verdict(v) and mod.verdict(None) == "–"

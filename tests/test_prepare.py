@@ -182,3 +182,25 @@ def test_parquet_input_and_user_gap_sessions(tmp_path):
     raw = read_generic(tmp_path / "ev.parquet", ColumnMap(item="item", op="op", time="ts", user="user"))
     d = PreparedData(prepare(raw, tmp_path / "art"))
     assert sum(d.manifest["splits"][s]["sessions"] for s in ("train", "valid", "test")) == 30
+
+
+def test_exclude_latest_moves_the_test_block_back_disjoint_and_adjacent(tmp_path):
+    """Rolling origin: exclude_latest = k * test_fraction leaves the latest k blocks out, so the test
+    blocks of k = 0, 1, 2 are disjoint, adjacent in time, and each trains on earlier sessions only."""
+    ev = events_csv(tmp_path, n_sessions=50)
+    tests = []
+    for k in range(3):
+        out = prepare(read_generic(ev, COLS), tmp_path / f"art{k}", PrepareConfig(exclude_latest=0.1 * k))
+        m = PreparedData(out).manifest
+        assert m["config"]["exclude_latest"] == pytest.approx(0.1 * k)
+        # 50 sessions: 5 per block left out, 5 in test, 10% of the rest in validation
+        assert m["splits"]["test"]["sessions"] == 5
+        assert m["splits"]["train"]["sessions"] + m["splits"]["valid"]["sessions"] == 50 - 5 * (k + 1)
+        starts = {s: pl.read_parquet(out / f"{s}.sessions.parquet")["start"] for s in ("train", "valid", "test")}
+        assert starts["valid"].max() < starts["test"].min()
+        tests.append(pl.read_parquet(out / "test.sessions.parquet")["start"].to_list())
+    # session s starts at 1000 * s: block 0 is s45..s49, block 1 s40..s44, block 2 s35..s39
+    assert [sorted(t) for t in tests] == [[1000 * s for s in range(45 - 5 * k, 50 - 5 * k)] for k in range(3)]
+    with pytest.raises(ConfigError, match="exclude_latest"):
+        prepare(read_generic(ev, COLS), tmp_path / "bad", PrepareConfig(exclude_latest=0.95))
+    assert not (tmp_path / "bad").exists()

@@ -89,7 +89,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     min_item_count = a.min_item_count if a.min_item_count is not None else default_min
     cfg = PrepareConfig(cold_start=a.cold_start, min_session_length=a.min_session_length,
                         min_item_count=min_item_count, valid_fraction=a.valid_fraction,
-                        test_fraction=a.test_fraction, test_filter=a.test_filter)
+                        test_fraction=a.test_fraction, test_filter=a.test_filter,
+                        exclude_latest=a.exclude_latest)
     cfg.validate()
     gap = parse_duration(a.session_gap) if a.session_gap is not None else None
     options = {k: True for k in ("drop_truncated_last_row", "keep_out_of_period") if getattr(a, k)}
@@ -496,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items seen fewer times in the training period are removed (default 1; raw formats 3)")
     s.add_argument("--valid-fraction", type=float, default=0.1)
     s.add_argument("--test-fraction", type=float, default=0.1)
+    s.add_argument("--exclude-latest", type=float, default=0.0,
+                   help="rolling-origin evaluation: leave out the latest share of sessions before the split, "
+                        "so the test block moves back (k * --test-fraction: k blocks back, disjoint from the "
+                        "others; default 0)")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.set_defaults(func=cmd_prepare)

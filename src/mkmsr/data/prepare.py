@@ -61,6 +61,12 @@ class PrepareConfig:
     test_fraction: float = 0.1        # latest share of sessions used for test when no test file is given
     test_filter: str = "fit"          # cold-start drop: test items must occur in "fit" (the train split,
                                       # like validation; default) or in "period" (train + valid)
+    exclude_latest: float = 0.0       # rolling-origin evaluation: the latest share of sessions is left out
+                                      # before the split (its events are never read), so the test block is
+                                      # the test_fraction of sessions just before it. Both shares count the
+                                      # same sessions, so exclude_latest = k * test_fraction moves the test
+                                      # block exactly k blocks back: k = 0, 1, 2 give three disjoint,
+                                      # adjacent test blocks, each with only earlier sessions to train on
 
     def validate(self) -> None:
         if self.cold_start not in ("drop", "keep"):
@@ -76,6 +82,9 @@ class PrepareConfig:
             v = getattr(self, name)
             if not 0.0 < v < 1.0:
                 raise ConfigError(f"{name} must be in (0, 1), got {v}")
+        if not 0.0 <= self.exclude_latest < 1.0 or self.exclude_latest + self.test_fraction >= 1.0:
+            raise ConfigError(f"exclude_latest must be in [0, 1 - test_fraction), got {self.exclude_latest} "
+                              f"with test_fraction {self.test_fraction}")
 
 
 class _Clock:
@@ -190,8 +199,22 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     alive[sid_all] = True
     code = np.select([sess_period == "valid", sess_period == "test"], [1, 2], 0).astype(np.int8)
     unsplit = np.nonzero(alive & (sess_period == "all"))[0]
+    stats["excluded_latest_sessions"] = 0
+    if config.exclude_latest and not unsplit.size:
+        raise ConfigError("exclude_latest moves a test block cut from the log; with test events given "
+                          "separately there is none to move")
     if unsplit.size:
-        code[_latest(unsplit, start_time, config.test_fraction)] = 2
+        n_out = int(round(config.exclude_latest * unsplit.size))
+        n_test = int(round(config.test_fraction * unsplit.size))
+        order = unsplit[np.argsort(start_time[unsplit], kind="stable")]  # ties stay in sid order
+        end = order.size - n_out
+        code[order[max(0, end - n_test):end]] = 2
+        if n_out:   # code 3: left out of every split
+            code[order[end:]] = 3
+            keep = code[sid_all] != 3
+            ev, sid_all = ev.filter(pl.Series(keep)), sid_all[keep]
+            alive[order[end:]] = False
+            stats["excluded_latest_sessions"] = n_out
     if not (alive & (sess_period == "valid")).any():
         code[_latest(np.nonzero(alive & (code == 0))[0], start_time, config.valid_fraction)] = 1
     split = code[sid_all]
