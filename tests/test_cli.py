@@ -57,6 +57,19 @@ def test_prepare_train_evaluate_recommend(synthetic_raw, tmp_path):
     assert len(lines) == 2 and json.loads(lines[1])["fallback"] == "popularity"
 
 
+def test_prepare_exclude_latest_moves_the_test_block(synthetic_raw, tmp_path):
+    args = ("prepare", "--format", "csv", "--events", synthetic_raw / "events.csv", "--session-col", "session_id")
+    mkmsr(*args, "--out", tmp_path / "b0")
+    mkmsr(*args, "--exclude-latest", "0.1", "--out", tmp_path / "b1")
+    m0, m1 = (json.loads((tmp_path / b / "manifest.json").read_text()) for b in ("b0", "b1"))
+    assert m1["config"]["exclude_latest"] == 0.1 and m0["config"]["exclude_latest"] == 0.0
+    import polars as pl
+    t0, t1 = (pl.read_parquet(tmp_path / b / "test.sessions.parquet")["start"] for b in ("b0", "b1"))
+    assert t1.max() <= t0.min()   # block 1 ends where block 0 starts
+    p = mkmsr(*args, "--exclude-latest", "0.95", "--out", tmp_path / "bad", ok=False)
+    assert p.returncode != 0 and "exclude_latest" in p.stderr and not (tmp_path / "bad").exists()
+
+
 def test_bad_input_exits_with_a_message(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("session_id,item_id,operation,timestamp\ns1,a,v,1\ns1,b,v,soon\n")
