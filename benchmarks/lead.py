@@ -36,6 +36,7 @@ from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
 from mkmsr.data.raw_formats import read_taobao  # noqa: E402
 from mkmsr.data.read import default_min_item_count  # noqa: E402
 from mkmsr.data.sources import read_jdata_demo  # noqa: E402
+from mkmsr.training.evaluate import repeat_mask  # noqa: E402
 
 from table2 import seed_matrix  # noqa: E402
 
@@ -167,6 +168,13 @@ def report(work: Path, datasets: dict[str, Path], models: list[str], seeds: int,
     return res
 
 
+def repeat_targets(data: PreparedData) -> np.ndarray:
+    """(n_test,) bool: the test target repeats an item of its own session prefix."""
+    arr = data.split("test")
+    sess, prefix = arr.samples()
+    return repeat_mask(arr.items, arr.offsets, sess, prefix)
+
+
 def pooled(work: Path, datasets: dict[str, Path], models: list[str], seeds: int, lead: str) -> dict:
     """One comparison over the test samples of several test blocks of one log (rolling origin):
     each row's per-sample metric of seed k on every block, side by side (a row is pooled only when
@@ -188,8 +196,13 @@ def pooled(work: Path, datasets: dict[str, Path], models: list[str], seeds: int,
         else:
             continue
         del mats[m]
-    rows = {m: {"runs": int(v["hit@20"].shape[0]),
-                **{k: (float(v[k].mean(axis=1).mean()), float(v[k].mean(axis=1).std())) for k in v}}
+    rep = np.concatenate([repeat_targets(data[b]) for b in datasets])
+
+    def ms(x: np.ndarray) -> tuple[float, float]:   # per seed, then mean / std over seeds
+        per_seed = x.mean(axis=1) if x.shape[1] else np.full(x.shape[0], np.nan)
+        return float(per_seed.mean()), float(per_seed.std())
+    rows = {m: {"runs": int(v["hit@20"].shape[0]), **{k: ms(v[k]) for k in v},
+                **{f"{part}_{k}": ms(v[k][:, sel]) for part, sel in (("repeat", rep), ("first", ~rep)) for k in v}}
             for m, v in mats.items()}
     verdicts = {}
     if lead in mats:
@@ -250,14 +263,17 @@ def markdown(res: dict, seconds: float) -> str:
               "(rolling origin: each block's models trained on the sessions before it). Per row: the mean over "
               "seeds of the pooled Hit@20 / MRR@20 (± std over seeds); verdicts paired over the pooled samples "
               "and seeds.", "",
-              "| model | runs | Hit@20 | MRR@20 | lead − row Hit@20 (± se) | lead − row MRR@20 (± se) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+              "| model | runs | Hit@20 | MRR@20 | repeat MRR@20 | first-time Hit@20 | first-time MRR@20 | "
+              "lead − row Hit@20 (± se) | lead − row MRR@20 (± se) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for m, r in d["rows"].items():
             det = not bm.MODELS[m][0].trainable
             v = d["lead_vs"].get(m, {})
 
             L.append("| " + " | ".join([f"**{m}**" if m == res["lead"] else m, str(r["runs"]),
-                                        f(tuple(r["hit@20"]), det), f(tuple(r["mrr@20"]), det), verdict(v.get("hit@20")),
+                                        *(f(tuple(r[k]), det) for k in ("hit@20", "mrr@20", "repeat_mrr@20",
+                                                                         "first_hit@20", "first_mrr@20")),
+                                        verdict(v.get("hit@20")),
                                         verdict(v.get("mrr@20"))]) + " |")
         L.append("")
     return "\n".join(L)

@@ -49,6 +49,8 @@ def test_pooled_blocks_put_each_seeds_samples_side_by_side(tmp_path, monkeypatch
             return type("S", (), {"samples": lambda s: (np.zeros(n[self.block]), None)})()
 
     monkeypatch.setattr(mod, "PreparedData", Data)
+    # the repeat targets: A's first sample, B's second
+    monkeypatch.setattr(mod, "repeat_targets", lambda d: np.array({"A": [1, 0, 0], "B": [0, 1]}[d.block], bool))
     monkeypatch.setattr(mod, "run_dirs", lambda work, b, data, m, seeds: [(b, m)] if (b, m) in hits else [])
     monkeypatch.setattr(mod, "seed_matrix", lambda dirs, data, metric: np.asarray(
         hits[dirs[0]], float) * (1.0 if metric == "hit@20" else 0.5))
@@ -58,6 +60,10 @@ def test_pooled_blocks_put_each_seeds_samples_side_by_side(tmp_path, monkeypatch
     # lead's two pooled seeds: [100, 100, 0, 100, 100] and [100, 0, 0, 100, 100] -> 80 and 60
     assert np.allclose(res["rows"]["lead"]["hit@20"], (70.0, 10.0))
     assert np.allclose(res["rows"]["other"]["mrr@20"], (10.0, 0.0))
+    # repeat samples A0, B1: lead seeds [100, 100], [100, 100]; first-time A1, A2, B0: [100, 0, 100], [0, 0, 100]
+    assert np.allclose(res["rows"]["lead"]["repeat_hit@20"], (100.0, 0.0))
+    assert np.allclose(res["rows"]["lead"]["first_hit@20"], (50.0, 50.0 / 3))
+    assert np.allclose(res["rows"]["other"]["first_mrr@20"], (50.0 / 3, 0.0))
     v = res["lead_vs"]["other"]["hit@20"]
     assert np.isclose(v["mean"], 70.0 - 20.0) and v["se"] > 0 and v["seeds_a"] == 2
     assert "**ahead**" in mod.verdict(v) and mod.verdict(None) == "–"
