@@ -195,6 +195,7 @@ def test_exclude_latest_moves_the_test_block_back_disjoint_and_adjacent(tmp_path
         assert m["config"]["exclude_latest"] == pytest.approx(0.1 * k)
         # 50 sessions: 5 per block left out, 5 in test, 10% of the rest in validation
         assert m["splits"]["test"]["sessions"] == 5
+        assert m["filtering"].get("excluded_latest_sessions", 0) == 5 * k
         assert m["splits"]["train"]["sessions"] + m["splits"]["valid"]["sessions"] == 50 - 5 * (k + 1)
         starts = {s: pl.read_parquet(out / f"{s}.sessions.parquet")["start"] for s in ("train", "valid", "test")}
         assert starts["valid"].max() < starts["test"].min()

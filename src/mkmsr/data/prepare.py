@@ -199,7 +199,6 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
     alive[sid_all] = True
     code = np.select([sess_period == "valid", sess_period == "test"], [1, 2], 0).astype(np.int8)
     unsplit = np.nonzero(alive & (sess_period == "all"))[0]
-    stats["excluded_latest_sessions"] = 0
     if config.exclude_latest and not unsplit.size:
         raise ConfigError("exclude_latest moves a test block cut from the log; with test events given "
                           "separately there is none to move")
@@ -214,7 +213,7 @@ def prepare(raw: RawData, out: str | Path, config: PrepareConfig | None = None,
             keep = code[sid_all] != 3
             ev, sid_all = ev.filter(pl.Series(keep)), sid_all[keep]
             alive[order[end:]] = False
-            stats["excluded_latest_sessions"] = n_out
+            stats["excluded_latest_sessions"] = n_out   # (absent when none: manifests as before)
     if not (alive & (sess_period == "valid")).any():
         code[_latest(np.nonzero(alive & (code == 0))[0], start_time, config.valid_fraction)] = 1
     split = code[sid_all]
