@@ -40,7 +40,7 @@ from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.fsutil import write_json  # noqa: E402
 from mkmsr.training.benchmark import paired_bootstrap  # noqa: E402
 from mkmsr.training.evaluate import split_rank_counts  # noqa: E402
-from mkmsr.training.train import calibration_search, calibration_start_points, coordinate_ascent  # noqa: E402
+from mkmsr.training.train import calibration_choice, calibration_paths, calibration_search  # noqa: E402
 
 PREPARED = {"Demo": "prepared-drop", "Demo(N)": "prepared-keep", "Taobao": "prepared-taobao"}
 
@@ -102,11 +102,10 @@ def transfer(rd: Path, data: PreparedData, early: np.ndarray, by_length: bool = 
         return float(sum(f[m][early].mean() for m in metric.split("+")))
 
     configured = {k: getattr(type(cfg)(), k) for k in grid}     # what the run's search started from
-    starts = calibration_start_points(grid, configured, int(run["train_config"]["seed"]), search["starts"])
+    seed = int(run["train_config"]["seed"])
     t = time.perf_counter()
     with model.calibration_memo():
-        ends = [coordinate_ascent(value, grid, p, search["rounds"]) for p in starts]
-        chosen, _ = max(ends, key=lambda e: e[1])
+        chosen, _ = calibration_choice(calibration_paths(value, grid, configured, seed, search), search)
         per_length = {}
         if by_length:
             plen = data.split("valid").samples()[1]
@@ -119,8 +118,8 @@ def transfer(rd: Path, data: PreparedData, early: np.ndarray, by_length: bool = 
                 def value_b(p: dict, mask=mask) -> float:
                     f = figures(p)
                     return float(sum(f[m][mask].mean() for m in metric.split("+")))
-                ends_b = [coordinate_ascent(value_b, grid, p, search["rounds"]) for p in starts]
-                per_length[bucket] = max(ends_b, key=lambda e: e[1])[0]
+                per_length[bucket] = calibration_choice(
+                    calibration_paths(value_b, grid, configured, seed, search), search)[0]
     out = {}
     if by_length:
         out["chosen_by_length"] = per_length

@@ -265,3 +265,17 @@ def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(syntheti
     # keeps is the best validation figure it visited
     seen = got3["tuned_on_validation"]["valid_mrr@20_by_calibration"]
     assert abs(got3["valid"]["mrr@20"] - max(seen.values())) < 1e-6
+    # nested (mkmsr-rn-2x-core, CORE's own row as the second expert): the search first runs exactly
+    # as mkmsr-rn's (the same paths, the second expert's weight held at 0), then one more ascent frees
+    # that weight from their best point, so validation is at least mkmsr-rn's
+    two_core = bm.RunSpec("syn", data.path, "mkmsr-rn-2x-core", 0, {"dim": 8}, train)
+    got4, trained = bm.run_one(tmp_path, two_core, data)
+    assert trained and got4["explore_expert2"]["test"] == core_row["test"]
+    paths4, paths1 = (g["tuned_on_validation"]["calibration_paths"] for g in (got4, got))
+    assert got4["tuned_on_validation"]["calibration_search"]["nested"] == ["expert2_weight"]
+    assert len(paths4) == len(paths1) + 1
+    assert [p["end"] for p in paths4[:-1]] == [{**p["end"], "expert2_weight": 0.0} for p in paths1]
+    assert [p["valid_mrr@20"] for p in paths4[:-1]] == pytest.approx([p["valid_mrr@20"] for p in paths1])
+    assert paths4[-1]["start"] == max(paths4[:-1], key=lambda p: p["valid_mrr@20"])["end"]
+    assert got4["valid"]["mrr@20"] >= got["valid"]["mrr@20"] - 1e-6
+    assert got4["valid"]["mrr@20"] == pytest.approx(paths4[-1]["valid_mrr@20"])

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from mkmsr.data.dataset import PreparedData
-from mkmsr.training.train import TrainConfig, Trainer, calibration_start_points, coordinate_ascent
+from mkmsr.models import make_config
+from mkmsr.training.train import (TrainConfig, Trainer, calibration_choice, calibration_paths,
+                                 calibration_search, calibration_start_points, coordinate_ascent)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration_transfer.py"
 
@@ -53,6 +55,35 @@ def test_calibration_start_points_are_the_configured_values_then_seeded_grid_poi
     assert pts == calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=3, n=5)
     assert pts != calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=4, n=5)
     assert calibration_start_points(GRID, {"a": 1.0, "b": 0.0}, seed=3, n=1) == [{"a": 1.0, "b": 0.0}]
+
+
+def test_nested_calibration_searches_as_without_the_axis_then_continues_from_its_best():
+    grid = {**GRID, "w": (0.0, 1.0, 2.0)}
+    # w helps only a little, and only away from the optimum over (a, b); a flat search over
+    # (a, b, w) from these starts could end elsewhere, the nested one cannot end below (a, b)'s best
+    value = lambda p: -(p["a"] - 2.0) ** 2 - (p["b"] - 1.0) ** 2 + 0.1 * p["w"]  # noqa: E731
+    configured = {"a": 0.0, "b": 0.0, "w": 0.0}
+    flat = {"method": "coordinate ascent", "rounds": 2, "starts": 3}
+    nested = {**flat, "nested": ["w"]}
+    paths = calibration_paths(value, grid, configured, 7, nested)
+    without = calibration_paths(lambda p: value({**p, "w": 0.0}), GRID, {"a": 0.0, "b": 0.0}, 7, flat)
+    # the first paths are the model's without the axis: the same starts and ends, w held at its configured 0
+    assert len(paths) == len(without) + 1
+    for (s, e, v), (s0, e0, v0) in zip(paths, without):
+        assert s == {**s0, "w": 0.0} and e == {**e0, "w": 0.0} and v == v0
+    best_without = max(v for _, _, v in without)
+    start, end, v = paths[-1]
+    assert start == max(paths[:-1], key=lambda t: t[2])[1] and v >= best_without
+    assert calibration_choice(paths, nested) == (end, v) == ({"a": 2.0, "b": 1.0, "w": 2.0}, pytest.approx(0.2))
+    # without nesting, the best path wins (the first of equals)
+    assert calibration_choice(without, flat)[1] == best_without
+
+
+def test_only_a_second_expert_makes_the_calibration_nested():
+    assert "nested" not in calibration_search(make_config("mkmsr-rn"))
+    assert calibration_search(make_config("mkmsr-rn-2x-core"))["nested"] == ["expert2_weight"]
+    assert "nested" not in calibration_search(make_config("mkmsr-rn-2x-core-flat"))
+    assert "nested" not in calibration_search(make_config("core"))
 
 
 def test_calibration_transfer_reruns_the_runs_own_search(synthetic_data, tmp_path):

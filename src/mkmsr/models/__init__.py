@@ -67,10 +67,13 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
     "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
     "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core"}),
-    # a second explore expert beside CORE-KG, its weight calibrated with the rest: SASRec (another
-    # architecture) or plain CORE (the same, without the knowledge-composed item vectors)
-    "mkmsr-rn-2x-sasrec": (MKMSRRN, {"explore_expert2": "sasrec"}),
+    # a second explore expert beside CORE-KG: plain CORE (the same, without the knowledge-composed
+    # item vectors), its weight calibrated last, from the one-expert model's calibration (nested:
+    # ``MKMSRRNConfig.calibration_nested``); "-flat": its weight one more axis of the search from the
+    # start (stop 27's calibration); SASRec (another architecture), calibrated flat as at stop 27
     "mkmsr-rn-2x-core": (MKMSRRN, {"explore_expert2": "core"}),
+    "mkmsr-rn-2x-core-flat": (MKMSRRN, {"explore_expert2": "core", "calibration_nested": False}),
+    "mkmsr-rn-2x-sasrec": (MKMSRRN, {"explore_expert2": "sasrec", "calibration_nested": False}),
     "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1}),
     "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20"}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",

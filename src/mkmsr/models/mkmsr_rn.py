@@ -346,6 +346,19 @@ class MKMSRRNConfig(MKMSRConfig):
     # Stacking another ranker beside CORE-KG: ``mkmsr-rn-2x-sasrec``, ``mkmsr-rn-2x-core``
     explore_expert2: str = field(default="", metadata={"inference_only": True})
     expert2_weight: float = field(default=0.0, metadata={"inference_only": True})
+    calibration_nested: bool = field(default=True, metadata={"inference_only": True})
+                                   # the second expert's weight joins the calibration only after the
+                                   # search without it (held at 0: the same grid and starts as the
+                                   # model without a second expert), in one more ascent from that
+                                   # search's best point (``mkmsr.training.train.calibration_paths``):
+                                   # validation can only gain from the second expert. False: its weight
+                                   # is one more axis from the start (stop 27's search; a larger grid
+                                   # changes the random starts, and on Demo(N) the search then ended
+                                   # below the one-expert model's on validation: 15.64 vs 15.74)
+
+    def calibration_nested_axes(self) -> tuple[str, ...]:
+        """The calibration axes searched last (``mkmsr.training.train.calibration_paths``)."""
+        return ("expert2_weight",) if self.calibration_nested and self.explore_expert2 else ()
 
 
 class MKMSRRN(MKMSR):

@@ -715,7 +715,8 @@ class Trainer:
         ``starts - 1`` further starting points drawn uniformly from the grid (seeded by the
         training seed); the best validation value of all wins (ties: the earliest start). One
         start is a greedy path, and the path decides where it ends: on Demo(N), seed 3, it ended at
-        validation MRR@20 12.14 where the other seeds' ended near 12.93 (docs/results.md)."""
+        validation MRR@20 12.14 where the other seeds' ended near 12.93 (docs/results.md). Nested
+        axes (``search["nested"]``, :func:`calibration_paths`) join in a last ascent from that best."""
         cfg = model.config
         search = calibration_search(cfg)
         select = search.get("metric") or self.config.select_metric
@@ -730,23 +731,21 @@ class Trainer:
                 seen[key] = sum(got[m] for m in select.split("+"))
             return seen[key]
 
-        starts = calibration_start_points(grid, {k: getattr(cfg, k) for k in grid}, self.config.seed, search["starts"])
         memo = getattr(model, "calibration_memo", None)
         with memo() if callable(memo) else contextlib.nullcontext():
-            ends = [coordinate_ascent(value, grid, p, search["rounds"]) for p in starts]
-        cur, best = max(ends, key=lambda e: e[1])              # the first of equals: the configured start
+            paths = calibration_paths(value, grid, {k: getattr(cfg, k) for k in grid}, self.config.seed, search)
+        cur, best = calibration_choice(paths, search)
         for k, v in cur.items():
             setattr(cfg, k, v)
-        log.info("%s: calibration %s chosen on validation %s %.3f (%d points, %d starts: %s)", self.model_name, cur,
-                 select, best, len(seen), len(starts), ", ".join(f"{b:.3f}" for _, b in ends))
+        log.info("%s: calibration %s chosen on validation %s %.3f (%d points, %d paths: %s)", self.model_name, cur,
+                 select, best, len(seen), len(paths), ", ".join(f"{b:.3f}" for _, _, b in paths))
         if self.out_dir is not None and self.main and model.trainable:
             save_checkpoint(self.out_dir / "best", model, self.model_name, self.data,
                             {"epoch": best_epoch, "train_config": dataclasses.asdict(self.config)})
         return {**cur, f"valid_{select}_by_calibration": seen,
                 "calibration_grid": {k: list(v) for k, v in grid.items()},
                 "calibration_search": search,
-                "calibration_paths": [{"start": p, "end": e, f"valid_{select}": b}
-                                       for p, (e, b) in zip(starts, ends)]}
+                "calibration_paths": [{"start": p, "end": e, f"valid_{select}": b} for p, e, b in paths]}
 
     def _finish(self, model: SessionModel, best_epoch: int, epochs_run: int, stopped_early: bool,
                 t_train: float) -> dict:
@@ -869,6 +868,34 @@ def calibration_start_points(grid: dict[str, tuple], configured: dict, seed: int
                                  for _ in range(n - 1)]
 
 
+def calibration_paths(value: Callable[[dict], float], grid: dict[str, tuple], configured: dict, seed: int,
+                      search: dict) -> list[tuple[dict, dict, float]]:
+    """The calibration's coordinate-ascent paths, (start, end, value) each: one from every point
+    of :func:`calibration_start_points`. With ``search["nested"]`` (axes of ``grid``) those axes are
+    held at their configured values in these paths, exactly as for a model without them (same
+    grid, same starts), and one more ascent over the whole grid continues from the best of them:
+    the last path, whose end is the choice, and whose value can only be at least that best (a
+    second explore expert, ``MKMSRRNConfig.calibration_nested``, then never costs validation)."""
+    held = [k for k in search.get("nested", ()) if k in grid]
+    inner = {k: v for k, v in grid.items() if k not in held}
+    fixed = {k: configured[k] for k in held}
+    starts = [{**p, **fixed} for p in calibration_start_points(inner, {k: configured[k] for k in inner}, seed,
+                                                               search["starts"])]
+    paths = [(p, *coordinate_ascent(value, inner, p, search["rounds"])) for p in starts]
+    if held:
+        _, end, _ = max(paths, key=lambda t: t[2])              # the first of equals: the configured start
+        paths.append((end, *coordinate_ascent(value, grid, end, search["rounds"])))
+    return paths
+
+
+def calibration_choice(paths: list[tuple[dict, dict, float]], search: dict) -> tuple[dict, float]:
+    """The chosen end of :func:`calibration_paths` and its value: with nested axes the last path
+    (it continued from the best of the others), else the best path (the first of equals: the
+    configured start)."""
+    _, end, v = paths[-1] if search.get("nested") else max(paths, key=lambda t: t[2])
+    return end, v
+
+
 def calibration_search(model_config: Any) -> dict:
     """How :meth:`Trainer._calibrate` searches a model's calibration grid: coordinate ascent,
     ``rounds`` passes, from ``starts`` starting points (the model's ``calibration_starts``; 1, the
@@ -879,6 +906,9 @@ def calibration_search(model_config: Any) -> dict:
     metric = getattr(model_config, "calibration_metric", "")
     if metric:
         out["metric"] = metric
+    nested = getattr(model_config, "calibration_nested_axes", None)
+    if callable(nested) and nested():
+        out["nested"] = list(nested())
     return out
 
 
