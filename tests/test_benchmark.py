@@ -221,18 +221,19 @@ def test_the_lead_models_explore_expert_is_the_experts_own_finished_run(syntheti
     benchmark that is exactly CORE-KG's row for the same dataset and seed, so a finished run of it is
     copied into RUN/expert instead of trained again (its per-epoch log, timings included, is the
     row's), and the expert's figures are the row's. A variant with another expert
-    (mkmsr-rn-core-expert) reuses the mixture's training but never the other expert."""
+    (mkmsr-rn-core-expert) reuses the mixture's training but never the other expert. (On the
+    one-expert model, mkmsr-rn-1x; the default's second expert is checked last.)"""
     data = PreparedData(synthetic_data)
     train = {"epochs": 2, "patience": 2, "threads": 1}
     kg = bm.RunSpec("syn", data.path, "core-kg", 0, {}, train)
     row, _ = bm.run_one(tmp_path, kg, data)
-    spec = bm.RunSpec("syn", data.path, "mkmsr-rn", 0, {"dim": 8}, train)
+    spec = bm.RunSpec("syn", data.path, "mkmsr-rn-1x", 0, {"dim": 8}, train)
     got, trained = bm.run_one(tmp_path, spec, data)
     rd, cd = spec.run_dir(tmp_path), kg.run_dir(tmp_path)
     assert trained and (rd / "expert" / "log.jsonl").read_text() == (cd / "log.jsonl").read_text()
     assert got["explore_expert"]["test"] == row["test"] and got["explore_expert"]["model"] == "core-kg"
     # another seed has no finished CORE-KG run: the expert is trained there, in the run's folder
-    other = bm.RunSpec("syn", data.path, "mkmsr-rn", 1, {"dim": 8}, train)
+    other = bm.RunSpec("syn", data.path, "mkmsr-rn-1x", 1, {"dim": 8}, train)
     got1, _ = bm.run_one(tmp_path, other, data)
     assert (other.run_dir(tmp_path) / "expert" / "metrics.json").exists()
     assert not kg.run_dir(tmp_path).with_name("seed1").exists()

@@ -80,8 +80,10 @@ def test_nested_calibration_searches_as_without_the_axis_then_continues_from_its
 
 
 def test_only_a_second_expert_makes_the_calibration_nested():
-    assert "nested" not in calibration_search(make_config("mkmsr-rn"))
-    assert calibration_search(make_config("mkmsr-rn-2x-core"))["nested"] == ["expert2_weight"]
+    assert "nested" not in calibration_search(make_config("mkmsr-rn-1x"))
+    assert "nested" not in calibration_search(make_config("mkmsr-rn-no-prior"))
+    for name in ("mkmsr-rn", "mkmsr-rn-2x-core"):
+        assert calibration_search(make_config(name))["nested"] == ["expert2_weight"]
     assert "nested" not in calibration_search(make_config("mkmsr-rn-2x-core-flat"))
     assert "nested" not in calibration_search(make_config("core"))
 

@@ -83,7 +83,7 @@ def test_fused_cosine_item_vectors_match_normalize_of_the_attribute_sum_and_its_
 def test_mkmsr_plus_and_rn_item_vectors_take_the_fused_path_with_the_same_values():
     torch.manual_seed(3)
     for name in ("mkmsr+", "mkmsr-rn"):
-        m = build_model(name, SPEC, {"dim": 8} if name == "mkmsr+" else {"dim": 8, "explore_expert": ""})
+        m = build_model(name, SPEC, {"dim": 8} if name == "mkmsr+" else {"dim": 8, "explore_expert": "", "explore_expert2": ""})
         with torch.no_grad():                 # a few attribute rows so the mean is not empty
             m.attr_item = torch.tensor([1, 2, 2, 5, 9])
             m.attr_value = torch.tensor([0, 1, 3, 3, 7])

@@ -59,7 +59,7 @@ def test_knowledge_prior_reads_a_finished_run(synthetic_data, tmp_path):
     os.symlink(synthetic_data, work / "prepared-taobao")
     data = PreparedData(work / "prepared-taobao")
     rd = work / "runs" / "Taobao" / "mkmsr-rn-no-prior" / "seed0"
-    got = Trainer(data, "mkmsr-rn-no-prior", {"dim": 8, "explore_expert": "", "calibrate": False},
+    got = Trainer(data, "mkmsr-rn-no-prior", {"dim": 8, "explore_expert": "", "explore_expert2": "", "calibrate": False},
                   TrainConfig(epochs=1, batch_size=64, seed=0), rd, progress=False).fit()
     out = tmp_path / "prior.json"
     assert mod.main(["--work", str(work), "--datasets", "Taobao", "--models", "mkmsr-rn-no-prior",

@@ -239,15 +239,18 @@ def test_training_calibrates_the_mixture_on_validation(synthetic_data, tmp_path)
     assert tuned["cold_shift"] in (-20.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
     curve = tuned["valid_mrr@20_by_calibration"]
     assert max(curve.values()) == m["valid"]["mrr@20"]      # the chosen point is the validation best
-    # multi-start: the configured values, then random grid points; the best end wins
+    # multi-start: the configured values, then random grid points, the second expert's weight held
+    # at 0; then one more ascent, that weight free, from the best of their ends (nested), which wins
     paths = tuned["calibration_paths"]
-    assert tuned["calibration_search"]["starts"] == len(paths) == 4
+    assert tuned["calibration_search"]["starts"] == 4 and tuned["calibration_search"]["nested"] == ["expert2_weight"]
+    assert len(paths) == 5 and all(p["start"]["expert2_weight"] == p["end"]["expert2_weight"] == 0.0
+                                   for p in paths[:4])
     assert paths[0]["start"]["gate_shift"] == 0.0 and paths[0]["start"]["nb_multiplier"] == 1.0
-    assert len({json.dumps(p["start"], sort_keys=True) for p in paths}) > 1
-    best = max(p["valid_mrr@20"] for p in paths)
-    assert best == m["valid"]["mrr@20"]
-    first = next(p for p in paths if p["valid_mrr@20"] == best)
-    assert all(tuned[k] == v for k, v in first["end"].items())
+    assert len({json.dumps(p["start"], sort_keys=True) for p in paths[:4]}) > 1
+    best = max(p["valid_mrr@20"] for p in paths[:4])
+    assert paths[4]["start"] == next(p for p in paths if p["valid_mrr@20"] == best)["end"]
+    assert paths[4]["valid_mrr@20"] == m["valid"]["mrr@20"] >= best
+    assert all(tuned[k] == v for k, v in paths[4]["end"].items())
     for p in paths:   # every end is a point the search evaluated, with that value
         assert curve[json.dumps(p["end"], sort_keys=True)] == p["valid_mrr@20"]
     assert m["test_best_over_epochs"].get("not_applicable")
@@ -482,7 +485,7 @@ def test_the_explore_expert_adds_its_weighted_scores_on_warm_items_at_inference_
     """e(i) += expert_weight * expert(i) on warm items (the expert never trained a cold item's row),
     at inference only; weight 0 (the default until calibration) leaves the scores as without one."""
     m, data = fitted(synthetic_data, repeat=False, cold_items="attributes")
-    plain, _ = fitted(synthetic_data, repeat=False, cold_items="attributes", explore_expert="")
+    plain, _ = fitted(synthetic_data, repeat=False, cold_items="attributes", explore_expert="", explore_expert2="")
     assert plain.expert is None and m.expert is not None
     assert not any(p.requires_grad for p in m.expert.parameters())
     b = some_batch(data)
@@ -523,7 +526,7 @@ def test_a_second_expert_adds_its_weighted_scores_beside_the_first(synthetic_dat
     warm = torch.from_numpy(data.item_train_count[1:] > 0)
     d = lp - base - (1.5 * x1 + 3.0 * x2) * warm      # what is left is each row's log-normaliser
     assert torch.allclose(d, d[:, :1].expand_as(d), atol=1e-4)
-    with pytest.raises(ValueError, match="explore_expert2 needs"):
+    with pytest.raises(ValueError, match="needs an explore_expert"):
         build_model("mkmsr-rn", data.spec, {"dim": 8, "explore_expert": "", "explore_expert2": "sasrec"})
 
 
@@ -537,7 +540,7 @@ def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_withou
     from mkmsr.checkpoint import load_checkpoint
     data = PreparedData(synthetic_data)
     cfg = lambda: TrainConfig(epochs=2, patience=2, batch_size=64, seed=3, threads=1)  # noqa: E731
-    with_expert = Trainer(data, "mkmsr-rn", {"dim": 16}, cfg(), tmp_path / "rn", progress=False)
+    with_expert = Trainer(data, "mkmsr-rn-1x", {"dim": 16}, cfg(), tmp_path / "rn", progress=False)
     got = with_expert.fit()
     plain = Trainer(data, "mkmsr-rn-no-expert", {"dim": 16}, cfg(), tmp_path / "plain", progress=False)
     ref = plain.fit()
@@ -559,15 +562,16 @@ def test_the_expert_trains_first_as_its_own_run_and_the_mixture_trains_as_withou
     with_expert.model.eval().config.expert_weight = loaded.config.expert_weight = 1.5
     with torch.no_grad():
         assert torch.allclose(loaded.score(b), with_expert.model.score(b), atol=1e-5)
-    # a checkpoint from before the option: no expert
+    # a checkpoint from before the options: no expert, no second expert (the default since stop 28)
     mj = tmp_path / "plain" / "best" / "model.json"
     meta = json.loads(mj.read_text())
-    del meta["config"]["explore_expert"], meta["config"]["expert_weight"]
+    for k in ("explore_expert", "expert_weight", "explore_expert2", "expert2_weight", "calibration_nested"):
+        del meta["config"][k]
     mj.write_text(json.dumps(meta))
     old, _ = load_checkpoint(tmp_path / "plain" / "best")
-    assert old.expert is None
+    assert old.expert is None and old.expert2 is None
     # resuming the finished run reuses its expert (no training) and gives the same figures
-    again = Trainer(data, "mkmsr-rn", {"dim": 16}, cfg(), tmp_path / "rn", progress=False).fit(resume=True)
+    again = Trainer(data, "mkmsr-rn-1x", {"dim": 16}, cfg(), tmp_path / "rn", progress=False).fit(resume=True)
     assert again["test"] == got["test"] and again["explore_expert"]["epochs_run"] == got["explore_expert"]["epochs_run"]
 
 
@@ -582,7 +586,7 @@ def test_the_default_has_no_neighbourhood(synthetic_data):
     assert not m.config.neighbours and not hasattr(m, "stan") and not hasattr(m, "nb_weight")
     assert "nb_multiplier" not in m.calibration_grid() and "expert_weight" in m.calibration_grid()
     assert build_model("mkmsr-rn-nb", data.spec, {"dim": 8}).config.neighbours
-    assert make_config("mkmsr-rn-no-nb") == make_config("mkmsr-rn")
+    assert make_config("mkmsr-rn-no-nb") == make_config("mkmsr-rn-1x")
     assert MODELS["mkmsr-rn-nb"][0] is MKMSRRN
     assert MKMSRRN.upgrade_config({"dim": 8})["neighbours"] is True
 
@@ -602,7 +606,7 @@ def test_the_repeat_hurdle_splits_the_mass_between_session_and_new_items(synthet
     """q = sigmoid(T z + b) of the mass on the session's items, the rest on the others, each part
     in the model's own order; off (b <= -20) changes nothing; the regression is fitted on the train
     split and travels in the checkpoint."""
-    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", explore_expert2="")
     assert float(m.hurdle_w.abs().sum()) > 0                               # fitted in fit_statistics
     b = some_batch(data, 8)
     with torch.no_grad():
@@ -622,16 +626,16 @@ def test_the_repeat_hurdle_splits_the_mass_between_session_and_new_items(synthet
         assert torch.equal(m.logits(b), off)
     # a checkpoint from before the hurdle (no regression buffers) still loads, unfitted
     sd = {k: v for k, v in m.state_dict().items() if not k.startswith("hurdle_")}
-    fresh = build_model("mkmsr-rn", data.spec, {"dim": 16, "explore_expert": ""})
+    fresh = build_model("mkmsr-rn", data.spec, {"dim": 16, "explore_expert": "", "explore_expert2": ""})
     fresh.load_state_dict(sd)
     assert float(fresh.hurdle_w.abs().sum()) == 0.0
 
 
 def test_the_hurdle_is_calibrated_unless_switched_off(synthetic_data):
-    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", explore_expert2="")
     grid = m.calibration_grid()
     assert grid["hurdle_shift"][0] == -20.0 and "hurdle_temperature" in grid
-    off = build_model("mkmsr-rn-no-hurdle", data.spec, {"dim": 8, "explore_expert": ""})
+    off = build_model("mkmsr-rn-no-hurdle", data.spec, {"dim": 8, "explore_expert": "", "explore_expert2": ""})
     assert "hurdle_shift" not in off.calibration_grid()
     # a saved configuration from before the hurdle keeps meaning the model without it
     assert type(m).upgrade_config({"dim": 8})["repeat_hurdle"] is False
@@ -640,7 +644,7 @@ def test_the_hurdle_is_calibrated_unless_switched_off(synthetic_data):
 def test_the_knowledge_prior_scores_by_hand(synthetic_data):
     """k(s, i) = sum over i's attribute values a of v(a) * (recency-weighted share of the session's
     positions whose item has a), v = idf^gamma rescaled to mean 1 over the triplets."""
-    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", prior_idf=1.0, prior_recency=2.0)
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", explore_expert2="", prior_idf=1.0, prior_recency=2.0)
     b = some_batch(data, 4)
     got = m.knowledge_prior_scores(b)
     n = data.spec.n_items
@@ -669,7 +673,7 @@ def test_the_knowledge_prior_moves_only_the_new_items(synthetic_data):
     """With prior_weight w the items outside the session are re-ranked by log p + w k and keep
     their total mass; the session's items are untouched; w = 0 (or knowledge_prior off) changes
     nothing."""
-    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", explore_expert2="")
     b = some_batch(data, 8)
     with torch.no_grad():
         off = m.logits(b)
@@ -693,10 +697,10 @@ def test_the_knowledge_prior_moves_only_the_new_items(synthetic_data):
 
 
 def test_the_knowledge_prior_is_calibrated_unless_switched_off(synthetic_data):
-    m, data = fitted(synthetic_data, neighbours=False, explore_expert="")
+    m, data = fitted(synthetic_data, neighbours=False, explore_expert="", explore_expert2="")
     grid = m.calibration_grid()
     assert grid["prior_weight"][0] == 0.0 and grid["prior_idf"][0] == 0.0
-    off = build_model("mkmsr-rn-no-prior", data.spec, {"dim": 8, "explore_expert": ""})
+    off = build_model("mkmsr-rn-no-prior", data.spec, {"dim": 8, "explore_expert": "", "explore_expert2": ""})
     assert "prior_weight" not in off.calibration_grid() and "hurdle_shift" in off.calibration_grid()
     # a saved configuration from before the prior keeps meaning the model without it
     assert type(m).upgrade_config({"dim": 8})["knowledge_prior"] is False

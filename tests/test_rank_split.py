@@ -74,7 +74,7 @@ def test_repeat_decision_aucs_of_a_gated_model(synthetic_data):
     from mkmsr.models import build_model
     mod = load_script()
     data = PreparedData(synthetic_data)
-    m = build_model("mkmsr-rn", data.spec, {"dim": 8, "explore_expert": ""})
+    m = build_model("mkmsr-rn", data.spec, {"dim": 8, "explore_expert": "", "explore_expert2": ""})
     m.fit_statistics(data)
     m.eval()
     got = mod.repeat_decision(m, data, "test", None)

@@ -37,7 +37,7 @@ def test_repeat_hurdle_reads_a_finished_run(synthetic_data, tmp_path):
     os.symlink(synthetic_data, work / "prepared-taobao")
     data = PreparedData(work / "prepared-taobao")
     rd = work / "runs" / "Taobao" / "mkmsr-rn" / "seed0"
-    got = Trainer(data, "mkmsr-rn", {"dim": 8, "explore_expert": "", "calibrate": False},
+    got = Trainer(data, "mkmsr-rn", {"dim": 8, "explore_expert": "", "explore_expert2": "", "calibrate": False},
                   TrainConfig(epochs=1, batch_size=64, seed=0), rd, progress=False).fit()
     out = tmp_path / "hurdle.json"
     assert mod.main(["--work", str(work), "--datasets", "Taobao", "--seeds", "0,1", "--json", str(out)]) == 0

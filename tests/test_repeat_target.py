@@ -51,7 +51,7 @@ def test_repeat_target_reads_finished_runs(synthetic_data, tmp_path):
     Trainer(data, "s-pop", {}, TrainConfig(seed=0), runs / "s-pop" / "seed0", progress=False).fit()
     Trainer(data, "core-kg", {"dim": 8}, TrainConfig(epochs=1, batch_size=64, seed=0), runs / "core-kg" / "seed0",
             progress=False).fit()
-    got = Trainer(data, "mkmsr-rn", {"dim": 8, "explore_expert": "", "calibrate": False, "hurdle_shift": 2.0},
+    got = Trainer(data, "mkmsr-rn", {"dim": 8, "explore_expert": "", "explore_expert2": "", "calibrate": False, "hurdle_shift": 2.0},
                   TrainConfig(epochs=1, batch_size=64, seed=0), runs / "mkmsr-rn" / "seed0", progress=False).fit()
     assert mod.main(argv) == 0
     res = json.loads(out.read_text())["datasets"]["Taobao"]

@@ -50,32 +50,35 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr+-id": (MKMSR, {"item_repr": "id", "scoring": "cosine", "kg_loss": "margin", "kg_passes": 3.0,
                           "repeat_boost_grid": (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)}),
     # this project's lead model (see mkmsr.models.mkmsr_rn): MKM-SR+'s encoder with a learned
-    # repeat/explore mixture conditioned on the micro-behaviours, a CORE-KG explore expert, a
-    # knowledge match for items never seen in training; and its ablations. ``mkmsr-rn-nb`` adds
-    # STAN's evidence to the explore logits (the default until stop 22; validation prefers the
-    # model without it). ``mkmsr-rn-no-nb`` is the old name of today's default, kept so that its
-    # checkpoints and benchmark runs still load: the same configuration as ``mkmsr-rn``
+    # repeat/explore mixture conditioned on the micro-behaviours, two explore experts (CORE-KG, then
+    # plain CORE, whose weight is calibrated last: ``calibration_nested``), a knowledge match for items
+    # never seen in training. ``mkmsr-rn-1x`` is the model with one expert (the default until stop 27);
+    # the ablation rows remove one part from *that* model (explore_expert2 ""), as they were measured
+    # (the second expert's own ablation is mkmsr-rn against mkmsr-rn-1x). ``mkmsr-rn-nb`` adds STAN's
+    # evidence to the explore logits (the default until stop 22; validation prefers the model without
+    # it). ``mkmsr-rn-no-nb`` is the old name of the one-expert model of stops 23-27, kept so that its
+    # checkpoints and benchmark runs still load; ``mkmsr-rn-2x-core`` names today's default
     "mkmsr-rn": (MKMSRRN, {}),
-    "mkmsr-rn-nb": (MKMSRRN, {"neighbours": True}),
-    "mkmsr-rn-no-repeat": (MKMSRRN, {"repeat": False}),
-    "mkmsr-rn-no-hurdle": (MKMSRRN, {"repeat_hurdle": False}),
-    "mkmsr-rn-no-prior": (MKMSRRN, {"knowledge_prior": False}),
-    "mkmsr-rn-no-nb": (MKMSRRN, {"neighbours": False}),
-    "mkmsr-rn-no-cold": (MKMSRRN, {"cold_items": "id"}),
-    "mkmsr-rn-cold-component": (MKMSRRN, {"cold_items": "component", "id_dropout": 0.1}),
-    "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False}),
-    "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes"}),
-    "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": ""}),
-    "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core"}),
-    # a second explore expert beside CORE-KG: plain CORE (the same, without the knowledge-composed
-    # item vectors), its weight calibrated last, from the one-expert model's calibration (nested:
-    # ``MKMSRRNConfig.calibration_nested``); "-flat": its weight one more axis of the search from the
-    # start (stop 27's calibration); SASRec (another architecture), calibrated flat as at stop 27
+    "mkmsr-rn-1x": (MKMSRRN, {"explore_expert2": ""}),
+    "mkmsr-rn-nb": (MKMSRRN, {"neighbours": True, "explore_expert2": ""}),
+    "mkmsr-rn-no-repeat": (MKMSRRN, {"repeat": False, "explore_expert2": ""}),
+    "mkmsr-rn-no-hurdle": (MKMSRRN, {"repeat_hurdle": False, "explore_expert2": ""}),
+    "mkmsr-rn-no-prior": (MKMSRRN, {"knowledge_prior": False, "explore_expert2": ""}),
+    "mkmsr-rn-no-nb": (MKMSRRN, {"neighbours": False, "explore_expert2": ""}),
+    "mkmsr-rn-no-cold": (MKMSRRN, {"cold_items": "id", "explore_expert2": ""}),
+    "mkmsr-rn-cold-component": (MKMSRRN, {"cold_items": "component", "id_dropout": 0.1, "explore_expert2": ""}),
+    "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False, "explore_expert2": ""}),
+    "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes", "explore_expert2": ""}),
+    "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": "", "explore_expert2": ""}),
+    "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core", "explore_expert2": ""}),
+    # the second explore expert: plain CORE (the default; "-flat": its weight one more axis of the
+    # search from the start, stop 27's calibration) or SASRec (another architecture, calibrated flat
+    # as at stop 27)
     "mkmsr-rn-2x-core": (MKMSRRN, {"explore_expert2": "core"}),
     "mkmsr-rn-2x-core-flat": (MKMSRRN, {"explore_expert2": "core", "calibration_nested": False}),
     "mkmsr-rn-2x-sasrec": (MKMSRRN, {"explore_expert2": "sasrec", "calibration_nested": False}),
-    "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1}),
-    "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20"}),
+    "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1, "explore_expert2": ""}),
+    "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20", "explore_expert2": ""}),
     "sr-gnn": (MKMSR, {"use_operations": False, "use_knowledge": False, "gnn_mode": "concat",
                        "edge_weight": "binary", "init": "srgnn", "w3_bias": True}),
     # the other rows of the paper's Table 2 (each model's own paper's defaults, d = 100)
