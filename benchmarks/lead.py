@@ -8,7 +8,9 @@ real dataset in ../shared/data, validation-selected, paired over test samples an
 Datasets: Demo and Demo(N) (JDATA, the paper's; prepared as benchmarks/table2.py does, and
 sharing its work folder so no run is trained twice) and Taobao (the UserBehavior head,
 ``mkmsr prepare --format taobao`` defaults: UTC+8 period, truncated last row dropped, cold test
-items dropped). Every model is trained on the train split, its epoch chosen on validation MRR@20;
+items dropped), and Taobao-1..3, the same log's earlier test blocks (rolling origin: ``--exclude-latest
+0.1 / 0.2 / 0.3``), reported alone and pooled (the first three, and all four). Every model is trained on
+the train split, its epoch chosen on validation MRR@20;
 count-based models are tuned on validation (``mkmsr.benchmark.TUNING_GRIDS``), and an mkmsr-rn
 variant with the neighbourhood (``mkmsr-rn-nb``) gets STAN's tuned neighbourhood options. Writes ``WORK/lead.json`` and ``DOCS/results-lead.md``: one
 table per dataset (every model: Hit@20 / MRR@20 mean ± std over seeds, the repeat / first-time
