@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from mkmsr.data.prepare import PrepareConfig, prepare  # noqa: E402
 from mkmsr.data.raw_formats import read_taobao  # noqa: E402
 from mkmsr.data.read import default_min_item_count  # noqa: E402
 from mkmsr.data.sources import read_jdata_demo  # noqa: E402
+from mkmsr.training.train import BLIND_TEST_ENV  # noqa: E402
 from mkmsr.training.evaluate import repeat_mask  # noqa: E402
 
 from table2 import seed_matrix  # noqa: E402
@@ -299,6 +301,8 @@ def main(argv=None) -> int:
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--blind", action="store_true", help="keep test figures out of the training progress log "
+                   "(a confirmatory block's test is then first seen in the report; MKMSR_BLIND_TEST)")
     p.add_argument("--lead", default=LEAD, help="the model every row's paired verdict is taken against")
     p.add_argument("--out-name", default="results-lead.md", help="file name of the report in --docs")
     p.add_argument("--tune-trials", type=int, help="search every model with mkmsr tune (Optuna) for N trials "
@@ -306,6 +310,8 @@ def main(argv=None) -> int:
                    "with other options are retrained)")
     p.add_argument("--tune-minutes", type=float, help="and at most M minutes of search per model")
     a = p.parse_args(argv)
+    if a.blind:
+        os.environ[BLIND_TEST_ENV] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.perf_counter()
     work = Path(a.work)

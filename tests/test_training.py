@@ -166,3 +166,29 @@ def test_early_stopping_waits_out_the_warm_up_plateau(synthetic_data, monkeypatc
     monkeypatch.setattr(Trainer, "_eval", fake_eval)
     tr, m = fit(synthetic_data, epochs=12, patience=2, eval_test_each_epoch=False)
     assert len(tr.history) == stop_epoch and tr.history and m["best_epoch"] == best
+
+
+def test_a_blind_run_keeps_test_out_of_the_progress_log_and_is_the_same_run(synthetic_data, tmp_path, monkeypatch,
+                                                                            caplog):
+    """MKMSR_BLIND_TEST (benchmarks/lead.py --blind): the per-epoch log line shows validation only;
+    the test figures are still computed and kept, so the blind run's outputs equal the plain run's."""
+    import logging
+
+    from mkmsr.training.train import BLIND_TEST_ENV
+    with caplog.at_level(logging.INFO, logger="mkmsr"):
+        _, plain = fit(synthetic_data, epochs=2, out=tmp_path / "plain")
+    shown = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(shown) == 2 and all(" test mrr@20 " in m for m in shown)
+    caplog.clear()
+    monkeypatch.setenv(BLIND_TEST_ENV, "1")
+    with caplog.at_level(logging.INFO, logger="mkmsr"):
+        _, blind = fit(synthetic_data, epochs=2, out=tmp_path / "blind")
+    shown = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(shown) == 2 and not any("test" in m for m in shown) and all("valid mrr@20" in m for m in shown)
+    assert blind["test"] == plain["test"] and blind["test_best_over_epochs"] == plain["test_best_over_epochs"]
+    logged = [json.loads(x) for x in (tmp_path / "blind" / "log.jsonl").read_text().splitlines()]
+    epochs = [rec for rec in logged if "epoch" in rec]
+    assert len(epochs) == 2 and all("mrr@20" in rec["test"] for rec in epochs)
+    monkeypatch.setenv(BLIND_TEST_ENV, "0")
+    from mkmsr.training.train import blind_test
+    assert not blind_test()
