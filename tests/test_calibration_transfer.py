@@ -79,6 +79,33 @@ def test_nested_calibration_searches_as_without_the_axis_then_continues_from_its
     assert calibration_choice(without, flat)[1] == best_without
 
 
+def test_both_searches_keep_the_better_end_of_the_nested_and_the_flat_search():
+    grid = {**GRID, "w": (0.0, 1.0, 2.0)}
+    # two separated optima, the higher one out of the nested search's reach (flat wins); and one
+    # smooth optimum both searches reach (a tie: the nested end is kept)
+    peaks = {(0.0, -1.0, 0.0): 5.0, (3.0, 1.0, 2.0): 6.0}
+    values = [lambda p: peaks.get((p["a"], p["b"], p["w"]), 0.1 * p["a"]),
+              lambda p: -(p["a"] - 2.0) ** 2 - (p["b"] - 1.0) ** 2 + 0.1 * p["w"]]
+    configured = {"a": 0.0, "b": 0.0, "w": 0.0}
+    flat = {"method": "coordinate ascent", "rounds": 2, "starts": 4}
+    nested = {**flat, "nested": ["w"]}
+    both = {**nested, "flat_too": True}
+    seen = set()
+    for value in values:
+        for seed in range(4):
+            pn, pf, pb = (calibration_paths(value, grid, configured, seed, s) for s in (nested, flat, both))
+            assert pb[:len(pn)] == pn and pb[len(pn):] == pf       # the nested paths, then the flat ones
+            vn, vf, vb = (calibration_choice(p, s)[1] for p, s in ((pn, nested), (pf, flat), (pb, both)))
+            assert vb == max(vn, vf)
+            if vn >= vf:                                          # ties: the nested end
+                assert calibration_choice(pb, both) == calibration_choice(pn, nested)
+            seen.add("flat" if vf > vn else "nested")
+    assert seen == {"flat", "nested"}
+    assert "flat_too" not in calibration_search(make_config("mkmsr-rn"))
+    assert calibration_search(make_config("mkmsr-rn-both-searches"))["flat_too"] is True
+    assert "flat_too" not in calibration_search(make_config("mkmsr-rn-1x", {"calibration_flat_too": True}))
+
+
 def test_only_a_second_expert_makes_the_calibration_nested():
     assert "nested" not in calibration_search(make_config("mkmsr-rn-1x"))
     assert "nested" not in calibration_search(make_config("mkmsr-rn-no-prior"))

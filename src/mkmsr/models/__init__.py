@@ -76,6 +76,7 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     # as at stop 27)
     "mkmsr-rn-2x-core": (MKMSRRN, {"explore_expert2": "core"}),
     "mkmsr-rn-2x-core-flat": (MKMSRRN, {"explore_expert2": "core", "calibration_nested": False}),
+    "mkmsr-rn-both-searches": (MKMSRRN, {"calibration_flat_too": True}),
     "mkmsr-rn-2x-sasrec": (MKMSRRN, {"explore_expert2": "sasrec", "calibration_nested": False}),
     "mkmsr-rn-one-start": (MKMSRRN, {"calibration_starts": 1, "explore_expert2": ""}),
     "mkmsr-rn-hit-mrr": (MKMSRRN, {"calibration_metric": "hit@20+mrr@20", "explore_expert2": ""}),

@@ -360,6 +360,14 @@ class MKMSRRNConfig(MKMSRConfig):
                                    # changes the random starts, and on Demo(N) the search then ended
                                    # below the one-expert model's on validation: 15.64 vs 15.74)
 
+    calibration_flat_too: bool = field(default=False, metadata={"inference_only": True})
+                                   # with a second expert, also run the flat search (its weight one axis
+                                   # from the start, its own starts) and keep the better validation end of
+                                   # the two: validation at least both. Stop 28 saw each search find more
+                                   # on other data (flat on the Taobao blocks, nested on the JD data); this
+                                   # option came after reading those test figures, so it is not measured
+                                   # yet (``mkmsr-rn-both-searches``): a fresh test block should decide it
+
     def calibration_nested_axes(self) -> tuple[str, ...]:
         """The calibration axes searched last (``mkmsr.training.train.calibration_paths``)."""
         return ("expert2_weight",) if self.calibration_nested and self.explore_expert2 else ()

@@ -887,8 +887,10 @@ def calibration_paths(value: Callable[[dict], float], grid: dict[str, tuple], co
     of :func:`calibration_start_points`. With ``search["nested"]`` (axes of ``grid``) those axes are
     held at their configured values in these paths, exactly as for a model without them (same
     grid, same starts), and one more ascent over the whole grid continues from the best of them:
-    the last path, whose end is the choice, and whose value can only be at least that best (a
-    second explore expert, ``MKMSRRNConfig.calibration_nested``, then never costs validation)."""
+    path number ``starts``, whose value can only be at least that best (a second explore expert,
+    ``MKMSRRNConfig.calibration_nested``, then never costs validation). With ``search["flat_too"]``
+    the flat search (every axis from the start, its own starts over the whole grid) follows, one path
+    per start (``MKMSRRNConfig.calibration_flat_too``)."""
     held = [k for k in search.get("nested", ()) if k in grid]
     inner = {k: v for k, v in grid.items() if k not in held}
     fixed = {k: configured[k] for k in held}
@@ -898,14 +900,22 @@ def calibration_paths(value: Callable[[dict], float], grid: dict[str, tuple], co
     if held:
         _, end, _ = max(paths, key=lambda t: t[2])              # the first of equals: the configured start
         paths.append((end, *coordinate_ascent(value, grid, end, search["rounds"])))
+        if search.get("flat_too"):
+            paths += [(p, *coordinate_ascent(value, grid, p, search["rounds"]))
+                      for p in calibration_start_points(grid, configured, seed, search["starts"])]
     return paths
 
 
 def calibration_choice(paths: list[tuple[dict, dict, float]], search: dict) -> tuple[dict, float]:
-    """The chosen end of :func:`calibration_paths` and its value: with nested axes the last path
-    (it continued from the best of the others), else the best path (the first of equals: the
-    configured start)."""
-    _, end, v = paths[-1] if search.get("nested") else max(paths, key=lambda t: t[2])
+    """The chosen end of :func:`calibration_paths` and its value: with nested axes the path that
+    continued from the best of the others (or, with ``flat_too``, the better of it and the flat
+    search's best end; ties: the nested one), else the best path (the first of equals: the configured
+    start)."""
+    if search.get("nested"):
+        n = search["starts"]
+        _, end, v = max(paths[n:], key=lambda t: t[2])
+    else:
+        _, end, v = max(paths, key=lambda t: t[2])
     return end, v
 
 
@@ -922,6 +932,8 @@ def calibration_search(model_config: Any) -> dict:
     nested = getattr(model_config, "calibration_nested_axes", None)
     if callable(nested) and nested():
         out["nested"] = list(nested())
+        if getattr(model_config, "calibration_flat_too", False):
+            out["flat_too"] = True
     return out
 
 
