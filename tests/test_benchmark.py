@@ -48,6 +48,23 @@ def test_resume_does_not_redo_finished_runs(bench, capsys):
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.json")} == stamp
 
 
+def test_a_blind_benchmark_shows_validation_not_test_in_its_progress_lines(planted_data, tmp_path, monkeypatch):
+    """MKMSR_BLIND_TEST (benchmarks/lead.py --blind): each finished run's progress line carries the
+    validation figures instead of the test ones; the figures it shows are the run's own."""
+    from mkmsr.training.train import BLIND_TEST_ENV
+    lines: list[str] = []
+    bm.run_benchmark(tmp_path, {"planted": planted_data}, ["s-pop"], 1, on_progress=lines.append)
+    m = read_json(tmp_path / "runs" / "planted" / "s-pop" / "seed0" / "metrics.json")
+    done = [x for x in lines if "s-pop seed 0" in x]
+    assert len(done) == 1 and f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f}" in done[0]
+    lines.clear()
+    monkeypatch.setenv(BLIND_TEST_ENV, "1")
+    bm.run_benchmark(tmp_path, {"planted": planted_data}, ["s-pop"], 1, on_progress=lines.append)
+    done = [x for x in lines if "s-pop seed 0" in x]
+    assert len(done) == 1 and "done before" in done[0] and "test Hit@20" not in done[0] and "(test hidden)" in done[0]
+    assert f"valid Hit@20 {m['valid']['hit@20']:.2f} MRR@20 {m['valid']['mrr@20']:.2f}" in done[0]
+
+
 def test_interrupted_run_is_resumed(planted_data, tmp_path):
     data = PreparedData(planted_data)
     spec = bm.RunSpec("planted", data.path, "fpmc", 0, {}, {"epochs": 1})

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from .evaluate import evaluate
 from ..fsutil import atomic_dir, atomic_write_text, read_json, write_json
 from ..models import MODELS, build_model, make_config, model_names
-from .train import TrainConfig, Trainer, calibration_search
+from .train import TrainConfig, Trainer, blind_test, calibration_search, coordinate_ascent
 
 log = logging.getLogger(__name__)
 
@@ -355,17 +355,7 @@ def tune_on_validation(out: Path, label: str, data: PreparedData, model: str, gr
         return seen[key]["valid"][metric]
 
     with cpu_lock(lock):
-        best_v = value(cur)
-        for _ in range(rounds):
-            changed = False
-            for axis, vals in grid.items():
-                for v in vals:
-                    cand = {**cur, axis: v}
-                    cv = value(cand)
-                    if cv > best_v + 1e-12:
-                        cur, best_v, changed = cand, cv, True
-            if not changed:
-                break
+        cur, _ = coordinate_ascent(value, grid, cur, rounds)
     write_json(path, {"model": model, "metric": metric, "grid": grid, "search": "coordinate ascent",
                       "dataset_sha256": data.content_hash, "points": list(seen.values()), "best": cur})
     log.info("tuned %s on %s validation (%d points): %s", model, label, len(seen), cur)
@@ -416,6 +406,15 @@ def mean_std(vals: Sequence[float]) -> tuple[float, float]:
     if not vals:
         return math.nan, math.nan
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def run_figures(m: dict) -> str:
+    """A finished run's figures for the progress log: test Hit@20 / MRR@20, or, in a blind run
+    (``train.blind_test``), validation's instead, so a confirmatory block's test is first read in
+    its report."""
+    if blind_test():
+        return f"valid Hit@20 {m['valid']['hit@20']:.2f} MRR@20 {m['valid']['mrr@20']:.2f} (test hidden)"
+    return f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f}"
 
 
 def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequence[str] | None = None,
@@ -477,8 +476,7 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
         m, fresh = run_one(out, spec, data, lock, progress, tensorboard_dir=tensorboard_dir)
         say(f"[{i}/{len(plan)}] {label} {model} seed {seed}: "
             f"{'trained in %.0fs' % (time.perf_counter() - t) if fresh else 'done before'}; "
-            f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f} "
-            f"(epoch {m['best_epoch']}); elapsed {(time.perf_counter() - t0) / 60:.1f} min")
+            f"{run_figures(m)} (epoch {m['best_epoch']}); elapsed {(time.perf_counter() - t0) / 60:.1f} min")
     results = collect_results(out, datasets, models, seeds, train_overrides,
                               {k: {**v, **{f"train.{a}": b for a, b in tuned_train.get(k, {}).items()}}
                                for k, v in tuned.items()})
