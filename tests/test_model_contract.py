@@ -167,3 +167,47 @@ def test_softmax_inputs_give_the_models_own_loss(name, planted_data):
             assert (a is None or not a.any()) and (b is None or not b.any())
         else:
             assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_an_evaluation_after_training_steps_scores_with_the_new_weights(name, planted_data):
+    """Scores after optimizer steps are the new weights' scores, never item vectors cached by an
+    earlier evaluation. The trainer's fused Adam does not advance a parameter's version counter
+    (the key those no-autograd caches had), so a model drops them whenever it changes mode
+    (stop 29: CORE-KG's per-epoch validation after its first evaluation scored with that
+    evaluation's item vectors, and early stopping read a flat curve)."""
+    from mkmsr.training.train import adam
+    data = PreparedData(planted_data)
+    torch.manual_seed(0)
+    model = build_model(name, data.spec, small_overrides(name))
+    if not model.trainable:
+        return
+    model.fit_statistics(data)
+    valid, train = data.split("valid"), data.split("train")
+    vs, vp = valid.samples()
+    ts, tp = train.samples()
+    probe = make_batch(valid, vs[:16], vp[:16])
+    step = make_batch(train, ts[:64], tp[:64])
+    step.train_sessions = torch.from_numpy(ts[:64].astype(np.int64))
+    opt = adam([p for p in model.parameters() if p.requires_grad], lr=0.05, weight_decay=0.0)
+
+    def scores(m):
+        m.eval()
+        with torch.no_grad():
+            return m.score(probe)
+
+    first = scores(model)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        model.sr_loss(step).backward()
+        opt.step()
+    after = scores(model)
+    fresh = build_model(name, data.spec, small_overrides(name))
+    fresh.fit_statistics(data)
+    fresh.load_state_dict(model.state_dict())
+    want = scores(fresh)
+    fin = torch.isfinite(want)
+    assert torch.equal(fin, torch.isfinite(after)), name
+    assert torch.allclose(after[fin], want[fin], atol=1e-4), (name, (after[fin] - want[fin]).abs().max())
+    assert not torch.allclose(first[fin], after[fin]), name   # the steps changed the scores

@@ -51,6 +51,23 @@ class SessionModel(nn.Module):
     def uses_knowledge(self) -> bool:
         return False
 
+    #: attributes in which a model keeps item-side tensors computed without autograd (evaluation,
+    #: serving: ``scoring_vectors``, ``item_embeddings``), keyed by its parameters' version counters
+    NO_GRAD_CACHES: ClassVar[tuple[str, ...]] = ("_vec_cache", "_emb_cache")
+
+    def train(self, mode: bool = True) -> "SessionModel":
+        """``nn.Module.train``, and a change of mode drops every no-autograd cache of this model and
+        its submodules (``NO_GRAD_CACHES``). Their key, the parameters' version counters, does not
+        see every update: a fused optimizer step (``torch.optim.Adam(fused=True)``, the trainer's)
+        changes the weights in place without advancing it. Without this, each per-epoch evaluation
+        after the first scored with the first evaluation's item vectors (found at stop 29; every
+        model with such a cache: MKM-SR+, MKM-SR-RN, CORE-KG)."""
+        if mode != self.training:
+            for m in self.modules():
+                for name in self.NO_GRAD_CACHES:
+                    m.__dict__.pop(name, None)
+        return super().train(mode)
+
     #: set by the trainer for ``optimizer="lazy-adam"``: look the item table up with row-sparse
     #: gradients (only for a model whose :meth:`supports_sparse_rows` is true)
     sparse_rows: bool = False
