@@ -411,10 +411,13 @@ def mean_std(vals: Sequence[float]) -> tuple[float, float]:
 def run_figures(m: dict) -> str:
     """A finished run's figures for the progress log: test Hit@20 / MRR@20, or, in a blind run
     (``train.blind_test``), validation's instead, so a confirmatory block's test is first read in
-    its report."""
+    its report; a warning when the run's ``validation_check`` failed (train.validation_check)."""
+    check = m.get("validation_check") or {}
+    warn = (f"; WARNING: validation {check['metric']} of the selected epoch logged {check['logged']:.3f}, "
+            f"recomputed {check['recomputed']:.3f}" if check and not check.get("consistent", True) else "")
     if blind_test():
-        return f"valid Hit@20 {m['valid']['hit@20']:.2f} MRR@20 {m['valid']['mrr@20']:.2f} (test hidden)"
-    return f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f}"
+        return f"valid Hit@20 {m['valid']['hit@20']:.2f} MRR@20 {m['valid']['mrr@20']:.2f} (test hidden){warn}"
+    return f"test Hit@20 {m['test']['hit@20']:.2f} MRR@20 {m['test']['mrr@20']:.2f}{warn}"
 
 
 def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequence[str] | None = None,

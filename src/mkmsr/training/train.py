@@ -750,8 +750,14 @@ class Trainer:
 
     def _finish(self, model: SessionModel, best_epoch: int, epochs_run: int, stopped_early: bool,
                 t_train: float) -> dict:
-        tuned = self._tune_repeat_boost(model, best_epoch)
+        # the selected checkpoint's validation, recomputed before any inference-time option is tuned,
+        # against the figure logged in its epoch (stop 29's bug: stale cached item vectors in every
+        # per-epoch validation after the first one; the two agree exactly on the CPU otherwise)
         valid = self._eval(model, "valid")
+        check = self._validation_check(valid, best_epoch)
+        tuned = self._tune_repeat_boost(model, best_epoch)
+        if tuned:
+            valid = self._eval(model, "valid")
         try:
             counts = split_rank_counts(model, self.data, "test", self.config.eval_batch_size, self.config.max_len,
                                        self.device) if self.dist is None else None
@@ -770,6 +776,8 @@ class Trainer:
                                     if self.history else None),
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
         }
+        if check is not None:
+            metrics["validation_check"] = check
         if tuned:
             metrics["tuned_on_validation"] = tuned
         for attr, key in (("expert", "explore_expert"), ("expert2", "explore_expert2")):
@@ -789,6 +797,22 @@ class Trainer:
             write_json(self.out_dir / "metrics.json", metrics)
         self.model = model
         return metrics
+
+    def _validation_check(self, valid: dict, best_epoch: int) -> dict | None:
+        """:func:`validation_check` of the selected epoch's logged validation figure against ``valid``
+        (recomputed on the loaded checkpoint); a warning when they disagree. None for a run with no
+        logged epoch (count-based models)."""
+        select = self.config.select_metric
+        logged = next((h["valid"] for h in self.history if h.get("epoch") == best_epoch and h.get("valid")), None)
+        if logged is None or select not in logged or select not in valid:
+            return None
+        check = validation_check(logged[select], valid[select], select)
+        if not check["consistent"]:
+            log.warning("%s: validation %s of the selected epoch %d recomputed on its checkpoint is %.4f, but %.4f "
+                        "was logged in that epoch: the per-epoch evaluation did not score the weights it saved "
+                        "(a stale cache, or a non-deterministic evaluation), so early stopping read another curve",
+                        self.model_name, select, best_epoch, valid[select], logged[select])
+        return check
 
     def _optimistic(self, final_test: dict, best_epoch: int = 0, tuned_after: bool = False) -> dict:
         if tuned_after:
@@ -951,6 +975,20 @@ def train(data: PreparedData | str | Path, model: str = "mkmsr", out_dir: str | 
         data = PreparedData(data)
     return Trainer(data, model, model_overrides, config, out_dir, progress, dist,
                    tensorboard_dir=tensorboard_dir).fit(resume=resume, overwrite=overwrite)
+
+
+#: how far (percentage points) a recomputed validation figure may be from the logged one: the CPU
+#: evaluation is deterministic (they agree exactly); a GPU may flip a tie or two
+VALIDATION_CHECK_TOLERANCE = 0.05
+
+
+def validation_check(logged: float, recomputed: float, metric: str,
+                     tolerance: float = VALIDATION_CHECK_TOLERANCE) -> dict:
+    """Does the validation figure logged in the selected epoch match the one recomputed on the
+    saved checkpoint? ``metrics.json``'s ``validation_check``; a mismatch means early stopping and
+    the epoch choice read a curve that was not the saved weights' (stop 29 found such a bug)."""
+    return {"metric": metric, "logged": float(logged), "recomputed": float(recomputed),
+            "consistent": bool(abs(float(logged) - float(recomputed)) <= tolerance)}
 
 
 def load_train_config(d: dict) -> TrainConfig:
