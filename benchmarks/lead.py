@@ -42,6 +42,7 @@ from mkmsr.data.sources import read_jdata_demo  # noqa: E402
 from mkmsr.training.train import BLIND_TEST_ENV  # noqa: E402
 from mkmsr.training.evaluate import repeat_mask  # noqa: E402
 
+from check_runs import check_run  # noqa: E402
 from table2 import seed_matrix  # noqa: E402
 
 LEAD = "mkmsr-rn"
@@ -114,6 +115,22 @@ def run_dirs(work: Path, label: str, data: PreparedData, model: str, seeds: int)
     return out
 
 
+def validation_checks(dirs: list[Path]) -> dict:
+    """benchmarks/check_runs.py over a row's runs and their explore experts: how many were checked
+    (trained runs with a per-epoch log) and which were inconsistent (the selected epoch's logged
+    validation is not the one its checkpoint gives: stop 29's bug)."""
+    checked, bad = 0, []
+    for d in dirs:
+        for rd in [d] + [d / e for e in bm.EXPERT_DIRS if (d / e / "metrics.json").exists()]:
+            c = check_run(rd)
+            if c is None or c["consistent"] is None:
+                continue
+            checked += 1
+            if not c["consistent"]:
+                bad.append(str(rd))
+    return {"checked": checked, "inconsistent": bad}
+
+
 def row(dirs: list[Path]) -> dict:
     ms = [read_json(d / "metrics.json") for d in dirs]
     r = {"runs": len(ms)}
@@ -156,6 +173,7 @@ def report(work: Path, datasets: dict[str, Path], models: list[str], seeds: int,
             if ds:
                 rows[m] = row(ds)
                 rows[m]["tuning"] = tuning_of(work, label, m)
+                rows[m]["validation_check"] = validation_checks(ds)
         if dirs.get(lead):
             for m, ds in dirs.items():
                 if m == lead or not ds:
@@ -266,6 +284,11 @@ def markdown(res: dict, seconds: float) -> str:
                                         f(r["hit@20"], det), f(r["mrr@20"], det), best, f(r["repeat_hit@20"], det), f(r["repeat_mrr@20"], det),
                                         f(r["first_hit@20"], det), f(r["first_mrr@20"], det),
                                         f(r["cold_first_hit@20"], det), vd("hit@20"), vd("mrr@20")]) + " |")
+        checks = [r["validation_check"] for r in d["rows"].values() if r.get("validation_check")]
+        n, bad = sum(c["checked"] for c in checks), [b for c in checks for b in c["inconsistent"]]
+        L += ["", f"Validation check (benchmarks/check_runs.py: the selected epoch's logged validation MRR@20 against "
+                  f"the one its checkpoint gives): {n - len(bad)} of {n} trained runs and experts consistent"
+              + (f"; **inconsistent**: {', '.join(bad)}" if bad else "") + "."]
         L.append("")
     for label, d in res.get("pooled", {}).items():
         L += [f"## {label} (pooled)", "", f"The test samples of {', '.join(d['blocks'])} together: {d['test_samples']} "

@@ -67,3 +67,18 @@ def test_pooled_blocks_put_each_seeds_samples_side_by_side(tmp_path, monkeypatch
     v = res["lead_vs"]["other"]["hit@20"]
     assert np.isclose(v["mean"], 70.0 - 20.0) and v["se"] > 0 and v["seeds_a"] == 2
     assert "**ahead**" in mod.verdict(v) and mod.verdict(None) == "–"
+
+
+def test_each_rows_runs_and_their_experts_are_validation_checked(tmp_path, monkeypatch):
+    """The report counts, per row, the runs (explore experts included) whose logged validation of the
+    selected epoch matches their checkpoint's (benchmarks/check_runs.py), and names the others."""
+    mod = load_script()
+    runs = [tmp_path / "seed0", tmp_path / "seed1"]
+    for d in runs:
+        (d / "expert").mkdir(parents=True)
+        (d / "expert" / "metrics.json").write_text("{}")
+    verdicts = {runs[0]: True, runs[0] / "expert": True, runs[1]: False, runs[1] / "expert": None}
+    monkeypatch.setattr(mod, "check_run", lambda rd: None if verdicts[rd] is None and rd.name == "nothing"
+                        else {"consistent": verdicts[rd]})
+    got = mod.validation_checks(runs)
+    assert got == {"checked": 3, "inconsistent": [str(runs[1])]}
