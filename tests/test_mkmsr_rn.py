@@ -266,7 +266,15 @@ def test_the_calibration_memo_changes_no_score(synthetic_data):
     settings = [dict(expert_weight=0.0, gate_shift=0.0, repeat_explore=0.0),
                 dict(expert_weight=2.0, gate_shift=3.0, repeat_recency=1.0, repeat_explore=1.0, explore_neural=0.25,
                      nb_multiplier=4.0, match_idf=1.0, match_tau=4.0),
-                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0)]
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0),
+                # along the last stages' axes only: the stages before them are reused (``_staged``)
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0, prior_weight=4.0),
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0, prior_weight=4.0,
+                     prior_idf=2.0),
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0, prior_weight=4.0,
+                     prior_idf=2.0, hurdle_shift=2.0),
+                dict(expert_weight=0.5, gate_shift=-1.0, match_idf=0.0, match_alpha=-20.0, prior_weight=4.0,
+                     prior_idf=2.0, hurdle_shift=2.0, hurdle_temperature=0.5)]
 
     base = {k: getattr(m.config, k) for opts in settings for k in opts}
 
@@ -283,10 +291,12 @@ def test_the_calibration_memo_changes_no_score(synthetic_data):
     with m.calibration_memo():
         memo1, memo2 = scores(), scores()
         assert m._memo                                       # it did keep parts
+        assert {"stage mixture", "stage prior", "stage prior mass", "stage hurdle masses"} <= {k[1] for k in m._memo}
     assert m._memo is None
     for f, a, c in zip(fresh, memo1, memo2):
         assert torch.equal(f, a) and torch.equal(f, c)
-    assert not torch.equal(fresh[0], fresh[1])               # the options do change the scores
+    for i in range(len(fresh) - 1):                          # every option does change the scores
+        assert not torch.equal(fresh[i], fresh[i + 1])
 
 
 def test_knowledge_match_component(synthetic_data):

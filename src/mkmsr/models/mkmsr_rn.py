@@ -103,6 +103,10 @@ NB_SCALE = 8.0
 LSE_FLOOR = 80.0
 #: the most bytes :meth:`MKMSRRN.calibration_memo` keeps (beyond it the parts are computed afresh)
 MEMO_BYTES = 2 << 30
+#: the inference-time options that act only in the last two stages of a forward pass (the
+#: knowledge prior, then the repeat hurdle): the calibration memo reuses the stages before them
+PRIOR_OPTIONS = ("prior_weight", "prior_idf", "prior_recency")
+HURDLE_OPTIONS = ("hurdle_shift", "hurdle_temperature")
 
 
 def repeat_features(batch: Batch, n_ops: int) -> torch.Tensor:
@@ -515,6 +519,36 @@ class MKMSRRN(MKMSR):
                 self._memo[key], self._memo_bytes = hit, self._memo_bytes + size
         return hit
 
+    def _staged(self, batch: Batch, stage: str, after: tuple[str, ...], fn):
+        """``fn()``, memoised per (batch, stage) while :meth:`calibration_memo` is active, for the
+        configuration it was computed under less the options ``after`` (which act only downstream
+        of the stage): one value per batch and stage, replaced when any other option changes.
+        The coordinate ascent moves one axis at a time, so along the last stages' axes (the
+        knowledge prior's, the repeat hurdle's) the stages before them are reused as computed."""
+        if self._memo is None or self.training or batch.sample_idx is None or torch.is_grad_enabled():
+            return fn()
+        key = (batch.origin, "stage " + stage, tuple(batch.items.shape), batch.sample_idx.cpu().numpy().tobytes())
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(self.config).items() if k not in after}
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == opts:
+            return hit[1]
+        value = fn()
+        size = sum(t.numel() * t.element_size() for t in (value if isinstance(value, tuple) else (value,))
+                   if isinstance(t, torch.Tensor))
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= old[2]
+        if self._memo_bytes + size <= MEMO_BYTES:
+            self._memo[key], self._memo_bytes = (opts, value, size), self._memo_bytes + size
+        return value
+
+    def _inside(self, batch: Batch, like: torch.Tensor) -> torch.Tensor:
+        """(B, n) bool: the items of each session prefix (columns 1..n)."""
+        def build() -> torch.Tensor:
+            inside = torch.zeros(like.shape[0], like.shape[1] + 1, dtype=torch.bool, device=like.device)
+            return inside.scatter_(1, batch.items, batch.mask)[:, 1:]
+        return self._frozen(batch, "inside", build)
+
     @staticmethod
     def _build_expert(option: str, name: str, spec: DatasetSpec):
         """The (untrained, frozen) explore expert ``name`` (None for ""): trained first, on its
@@ -612,14 +646,17 @@ class MKMSRRN(MKMSR):
             return lp
         z = self._frozen(batch, "hurdle", lambda: self.repeat_logit(batch))
         q = (c.hurdle_temperature * z + c.hurdle_shift)[:, None]
-        inside = torch.zeros(lp.shape[0], lp.shape[1] + 1, dtype=torch.bool, device=lp.device)
-        inside = inside.scatter_(1, batch.items, batch.mask)[:, 1:]
-        neg = torch.full_like(lp, float("-inf"))
-        l_in = logsumexp(torch.where(inside, lp, neg))
-        l_out = logsumexp(torch.where(inside, neg, lp))
-        ok = torch.isfinite(l_in) & torch.isfinite(l_out)                     # both parts hold mass
-        out = torch.where(inside, lp - l_in + F.logsigmoid(q), lp - l_out + F.logsigmoid(-q))
-        return torch.where(ok, out, lp)
+        inside = self._inside(batch, lp)
+
+        def parts() -> tuple[torch.Tensor, ...]:
+            l_in = logsumexp(torch.where(inside, lp, float("-inf")))
+            l_out = logsumexp(lp.masked_fill(inside, float("-inf")))
+            return l_in, l_out, torch.isfinite(l_in) & torch.isfinite(l_out)   # ok: both parts hold mass
+
+        l_in, l_out, ok = self._staged(batch, "hurdle masses", HURDLE_OPTIONS, parts)
+        # (lp - l_in) + log q inside, (lp - l_out) + log (1 - q) outside, built in place
+        out = torch.where(inside, (lp - l_in).add_(F.logsigmoid(q)), (lp - l_out).add_(F.logsigmoid(-q)))
+        return out if bool(ok.all()) else torch.where(ok, out, lp)
 
     @torch.no_grad()
     def _live_neighbourhood(self, batch: Batch, own_excluded: bool) -> tuple[torch.Tensor, ...]:
@@ -849,11 +886,19 @@ class MKMSRRN(MKMSR):
         """log p(i) of every item under the mixture (of the explore softmax when it is the only
         component); with ``cold_items="match"`` mixed with the knowledge-match component."""
         match = self.config.cold_items == "match" and not self.training and self.config.match_alpha > -20.0
-        if match and self.config.match_share == "all":
-            lp = self._with_knowledge_match(batch, self._mixture_logits(batch))
-        else:
-            lp = self._mixture_logits(batch, match=match)
-        return lp if self.training else self._with_hurdle(batch, self._with_knowledge_prior(batch, lp))
+
+        def mixture() -> torch.Tensor:
+            if match and self.config.match_share == "all":
+                return self._with_knowledge_match(batch, self._mixture_logits(batch))
+            return self._mixture_logits(batch, match=match)
+
+        if self.training:
+            return mixture()
+        # the stages after the mixture (knowledge prior, then repeat hurdle) are computed last, so a
+        # calibration moving along their axes reuses what comes before them (``_staged``)
+        lp = self._staged(batch, "mixture", PRIOR_OPTIONS + HURDLE_OPTIONS, mixture)
+        lp = self._staged(batch, "prior", HURDLE_OPTIONS, lambda: self._with_knowledge_prior(batch, lp))
+        return self._with_hurdle(batch, lp)
 
     def knowledge_prior_scores(self, batch: Batch) -> torch.Tensor:
         """(B, n) k(s, i) of :func:`knowledge_prior_scores` with this model's knowledge triplets
@@ -877,14 +922,14 @@ class MKMSRRN(MKMSR):
             return lp
         k = self._frozen(batch, f"prior idf {c.prior_idf} recency {c.prior_recency}",
                          lambda: self.knowledge_prior_scores(batch))
-        inside = torch.zeros(lp.shape[0], lp.shape[1] + 1, dtype=torch.bool, device=lp.device)
-        inside = inside.scatter_(1, batch.items, batch.mask)[:, 1:]
-        neg = torch.full_like(lp, float("-inf"))
-        x = torch.where(inside, neg, lp + c.prior_weight * k)
-        l_old = logsumexp(torch.where(inside, neg, lp))
+        inside = self._inside(batch, lp)
+        x = (lp + c.prior_weight * k).masked_fill_(inside, float("-inf"))
+        l_old = self._staged(batch, "prior mass", PRIOR_OPTIONS + HURDLE_OPTIONS,
+                             lambda: logsumexp(lp.masked_fill(inside, float("-inf"))))
         l_new = logsumexp(x)
         ok = torch.isfinite(l_old) & torch.isfinite(l_new)
-        return torch.where(inside | ~ok, lp, x - l_new + l_old)
+        out = torch.where(inside, lp, x.sub_(l_new).add_(l_old))                # x - l_new + l_old, in place
+        return out if bool(ok.all()) else torch.where(ok, out, lp)
 
     @torch.no_grad()
     def knowledge_match(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,9 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
         raise NonFiniteScoreError(
             f"{int(bad.sum())} of {bad.numel()} samples have a non-finite target score (first: row {i}, "
             f"target column {int(targets[i])}, score {float(t[i, 0])}): the model produced NaN/inf scores")
-    greater = ((scores > t) | torch.isnan(scores)).sum(dim=1)
+    # the target is finite, so an item is "greater" exactly when it is not <= the target: NaN and
+    # +inf competitors count there, in one comparison (the explicit isnan pass cost a third more)
+    greater = scores.shape[1] - (scores <= t).sum(dim=1)
     ties = (scores == t).sum(dim=1) - 1                       # the target itself is not a tie
     return greater.to(torch.int64), ties.to(torch.int64)
 
