@@ -1,7 +1,7 @@
 """How long MKM-SR-RN's calibration takes, with and without the staged memo, on a finished run.
 
     .venv/bin/python benchmarks/calibration_speed.py --run W/runs/Demo/mkmsr-rn/seed0 --data W/prepared-drop \\
-        [--threads 2] [--json F]
+        [--threads 2] [--baseline-src OLD/src] [--json F]
 
 The calibration (``Trainer._calibrate``) evaluates the validation split at some 550 points of the
 inference-time options; on the JD data that was 6-10 minutes a run, as long as the mixture's own
@@ -12,68 +12,40 @@ hurdle's axes, the prior's output along the hurdle's, with the masses each stage
 and the rank counts take one comparison fewer. This script finishes the run again twice on copies
 (``Trainer.refinish``: its trained weights, the calibration from the configured values, validation
 and test), once as shipped and once with the stages computed afresh each time (the memo of stop 30),
-in the same process and threads, and prints the seconds, the points searched, the ratio, and whether
+each in a fresh process with the same threads, and prints the seconds, the points searched, the ratio, and whether
 both chose the same options with the same validation value at every point (they must: the staged
 values are the ones recomputing would give) — and whether those values equal the ones the run
-recorded when it finished (the code that trained it). Saves ``--json``.
+recorded when it finished (the code that trained it). With ``--baseline-src`` it also times the same
+refinish under an earlier release's checkout (the peer: what a user of that release waited). Saves
+``--json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import torch  # noqa: E402
-
-from mkmsr.data.dataset import PreparedData  # noqa: E402
 from mkmsr.fsutil import write_json  # noqa: E402
-from mkmsr.models.mkmsr_rn import MKMSRRN  # noqa: E402
-from mkmsr.training.train import Trainer, load_train_config  # noqa: E402
 
-
-def finish_again(run: Path, data: PreparedData, threads: int, staged: bool) -> dict:
-    """Refinish a copy of ``run``; returns the seconds, the calibration's points and its choice."""
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "run"
-        shutil.copytree(run, copy)
-        cfg = json.loads((copy / "config.json").read_text())
-        tc = load_train_config(cfg["train_config"])
-        tc.threads = threads
-        trainer = Trainer(data, cfg["model"], cfg["model_config"], tc, copy)
-        original = MKMSRRN._staged
-        if not staged:
-            MKMSRRN._staged = lambda self, batch, stage, after, fn: fn()
-        try:
-            t = time.perf_counter()
-            m = trainer.refinish()
-            seconds = time.perf_counter() - t
-        finally:
-            MKMSRRN._staged = original
-    tuned = m.get("tuned_on_validation") or {}
-    points = next((v for k, v in tuned.items() if k.endswith("_by_calibration")), {})
-    chosen = {k: tuned[k] for k in tuned.get("calibration_grid", {})}
-    return {"seconds": round(seconds, 1), "points": len(points), "chosen": chosen, "curve": points,
-            "valid_mrr@20": m["valid"]["mrr@20"], "test_mrr@20": m["test"]["mrr@20"]}
-
-
-BASELINE = """
+#: one refinish of a copy of a run, in a fresh process, under the checkout ``src`` given
+REFINISH = """
 import json, shutil, sys, tempfile, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
+src, run, data, threads, staged = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+sys.path.insert(0, src)
 import torch
 from mkmsr.data.dataset import PreparedData
+from mkmsr.models.mkmsr_rn import MKMSRRN
 from mkmsr.training.train import Trainer, load_train_config
-run, data, threads = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 torch.set_num_threads(threads)
+if not staged and hasattr(MKMSRRN, "_staged"):       # the memo of stop 30: every stage afresh
+    MKMSRRN._staged = lambda self, batch, stage, after, fn: fn()
 with tempfile.TemporaryDirectory() as tmp:
     copy = Path(tmp) / "run"
     shutil.copytree(run, copy)
@@ -87,15 +59,18 @@ with tempfile.TemporaryDirectory() as tmp:
 tuned = m.get("tuned_on_validation") or {}
 curve = next((v for k, v in tuned.items() if k.endswith("_by_calibration")), {})
 print(json.dumps({"seconds": round(seconds, 1), "points": len(curve), "curve": curve,
+                  "chosen": {k: tuned[k] for k in tuned.get("calibration_grid", {})},
                   "valid_mrr@20": m["valid"]["mrr@20"], "test_mrr@20": m["test"]["mrr@20"]}))
 """
 
 
-def finish_with(src: Path, run: Path, data: str, threads: int) -> dict:
-    """The same refinish under another checkout's ``src`` (e.g. a git worktree of an earlier
-    release), in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", BASELINE, str(src), str(run), data, str(threads)],
-                         capture_output=True, text=True, check=True)
+def finish_again(src: Path, run: Path, data: str, threads: int, staged: bool = True) -> dict:
+    """Refinish a copy of ``run`` under the checkout ``src`` in a fresh process: the seconds, the
+    calibration's points (option values -> validation value), its choice, validation and test."""
+    out = subprocess.run([sys.executable, "-c", REFINISH, str(src), str(run), data, str(threads), "1" if staged else "0"],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"the refinish under {src} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -108,18 +83,14 @@ def main(argv=None) -> int:
                    "git worktree add /tmp/base COMMIT, then --baseline-src /tmp/base/src)")
     p.add_argument("--json", default=str(ROOT / "docs" / "calibration-speed.json"))
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    data = PreparedData(a.data)
     runs = {}
-    for label, staged in (("staged", True), ("unstaged", False)):
-        runs[label] = finish_again(Path(a.run), data, a.threads, staged)
-        r = runs[label]
-        print(f"{label:9s} {r['seconds']:7.1f} s, {r['points']} points ({r['seconds'] / max(r['points'], 1):.3f} s a point); "
-              f"valid MRR@20 {r['valid_mrr@20']:.3f}, test {r['test_mrr@20']:.3f}")
+    todo = [("staged", ROOT / "src", True), ("unstaged", ROOT / "src", False)]
     if a.baseline_src:
-        runs["baseline"] = r = finish_with(Path(a.baseline_src), Path(a.run), a.data, a.threads)
-        print(f"{'baseline':9s} {r['seconds']:7.1f} s, {r['points']} points ({r['seconds'] / max(r['points'], 1):.3f} s a point); "
-              f"valid MRR@20 {r['valid_mrr@20']:.3f}, test {r['test_mrr@20']:.3f} ({a.baseline_src})")
+        todo.append(("baseline", Path(a.baseline_src), True))
+    for label, src, staged in todo:
+        runs[label] = r = finish_again(src, Path(a.run), a.data, a.threads, staged)
+        print(f"{label:9s} {r['seconds']:7.1f} s, {r['points']} points ({r['seconds'] / max(r['points'], 1):.3f} s a point); "
+              f"valid MRR@20 {r['valid_mrr@20']:.3f}, test {r['test_mrr@20']:.3f} ({src})")
     same = runs["staged"]["chosen"] == runs["unstaged"]["chosen"] and runs["staged"]["curve"] == runs["unstaged"]["curve"]
     # and against the run's own record (its calibration as the code that trained it computed it)
     recorded = json.loads((Path(a.run) / "metrics.json").read_text()).get("tuned_on_validation") or {}
@@ -133,7 +104,7 @@ def main(argv=None) -> int:
         print(f"staged / baseline speed: {base['seconds'] / max(runs['staged']['seconds'], 1e-9):.2f}x; "
               f"the same validation value at every point: {base['curve'] == runs['staged']['curve']}")
     out = {"command": "benchmarks/calibration_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+           "machine": f"{platform.processor() or platform.machine()}, {a.threads} threads",
            "speedup": round(ratio, 2), "identical": same, "as_recorded": as_recorded,
            **({"speedup_vs_baseline": round(runs["baseline"]["seconds"] / max(runs["staged"]["seconds"], 1e-9), 2),
                "identical_to_baseline": runs["baseline"]["curve"] == runs["staged"]["curve"]} if "baseline" in runs else {}),
