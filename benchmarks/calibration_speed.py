@@ -44,6 +44,9 @@ from mkmsr.data.dataset import PreparedData
 from mkmsr.models.mkmsr_rn import MKMSRRN
 from mkmsr.training.train import Trainer, load_train_config
 torch.set_num_threads(threads)
+# the run's own train config (its threads included) must stay as trained for refinish to accept it, and
+# refinish would set the torch threads from it: the threads asked for here hold instead
+torch.set_num_threads = lambda n: None
 if not staged and hasattr(MKMSRRN, "_staged"):       # the memo of stop 30: every stage afresh
     MKMSRRN._staged = lambda self, batch, stage, after, fn: fn()
 with tempfile.TemporaryDirectory() as tmp:
@@ -51,7 +54,6 @@ with tempfile.TemporaryDirectory() as tmp:
     shutil.copytree(run, copy)
     cfg = json.loads((copy / "config.json").read_text())
     tc = load_train_config(cfg["train_config"])
-    tc.threads = threads
     trainer = Trainer(PreparedData(data), cfg["model"], cfg["model_config"], tc, copy)
     t = time.perf_counter()
     m = trainer.refinish()

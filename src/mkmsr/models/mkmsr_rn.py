@@ -650,7 +650,7 @@ class MKMSRRN(MKMSR):
 
         def parts() -> tuple[torch.Tensor, ...]:
             l_in = logsumexp(torch.where(inside, lp, float("-inf")))
-            l_out = logsumexp(lp.masked_fill(inside, float("-inf")))
+            l_out = logsumexp(torch.where(inside, float("-inf"), lp))
             return l_in, l_out, torch.isfinite(l_in) & torch.isfinite(l_out)   # ok: both parts hold mass
 
         l_in, l_out, ok = self._staged(batch, "hurdle masses", HURDLE_OPTIONS, parts)
@@ -923,9 +923,9 @@ class MKMSRRN(MKMSR):
         k = self._frozen(batch, f"prior idf {c.prior_idf} recency {c.prior_recency}",
                          lambda: self.knowledge_prior_scores(batch))
         inside = self._inside(batch, lp)
-        x = (lp + c.prior_weight * k).masked_fill_(inside, float("-inf"))
+        x = torch.where(inside, float("-inf"), lp + c.prior_weight * k)
         l_old = self._staged(batch, "prior mass", PRIOR_OPTIONS + HURDLE_OPTIONS,
-                             lambda: logsumexp(lp.masked_fill(inside, float("-inf"))))
+                             lambda: logsumexp(torch.where(inside, float("-inf"), lp)))
         l_new = logsumexp(x)
         ok = torch.isfinite(l_old) & torch.isfinite(l_new)
         out = torch.where(inside, lp, x.sub_(l_new).add_(l_old))                # x - l_new + l_old, in place

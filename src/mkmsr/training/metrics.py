@@ -44,9 +44,11 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
             f"{int(bad.sum())} of {bad.numel()} samples have a non-finite target score (first: row {i}, "
             f"target column {int(targets[i])}, score {float(t[i, 0])}): the model produced NaN/inf scores")
     # the target is finite, so an item is "greater" exactly when it is not <= the target: NaN and
-    # +inf competitors count there, in one comparison (the explicit isnan pass cost a third more)
-    greater = scores.shape[1] - (scores <= t).sum(dim=1)
-    ties = (scores == t).sum(dim=1) - 1                       # the target itself is not a tie
+    # +inf competitors count there, in one comparison (the explicit isnan pass cost a third more).
+    # Bool counts accumulate in int32: torch's default int64 sum of a bool (B, N) tensor is ~5x slower
+    # on the CPU (18 ms against 3 ms for 512 x 12,971 on 2 cores), and N < 2^31
+    greater = scores.shape[1] - (scores <= t).sum(dim=1, dtype=torch.int32)
+    ties = (scores == t).sum(dim=1, dtype=torch.int32) - 1    # the target itself is not a tie
     return greater.to(torch.int64), ties.to(torch.int64)
 
 
