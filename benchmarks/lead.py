@@ -49,7 +49,7 @@ LEAD = "mkmsr-rn"
 MODELS = ["s-pop", "v-sknn", "stan", "v-sknn-remind", "stan-remind", "narm", "stamp", "sasrec", "gcsan",
           "repeatnet", "core", "core-kg", "mgnn-spred", "mkmsr", "mkmsr+", LEAD]
 ABLATIONS = ["mkmsr-rn-1x", "mkmsr-rn-2x-core-flat", "mkmsr-rn-no-prior", "mkmsr-rn-no-hurdle", "mkmsr-rn-nb", "mkmsr-rn-no-expert", "mkmsr-rn-core-expert", "mkmsr-rn-one-start", "mkmsr-rn-hit-mrr",
-             "mkmsr-rn-no-match", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
+             "mkmsr-rn-no-match", "mkmsr-rn-no-match-prior", "mkmsr-rn-no-repeat", "mkmsr-rn-no-cold", "mkmsr-rn-no-ops"]
 #: the Taobao head's test blocks (rolling origin): "Taobao" (the latest tenth of the sessions), "Taobao-1",
 #: "Taobao-2", "Taobao-3", "Taobao-4" (the tenths before it); the report pools the first three (stop 27's
 #: comparison), four (stop 28's) and all five. Taobao-3 (stop 28) and Taobao-4 (stop 29) were added as

@@ -714,3 +714,22 @@ def test_the_knowledge_prior_is_calibrated_unless_switched_off(synthetic_data):
     assert "prior_weight" not in off.calibration_grid() and "hurdle_shift" in off.calibration_grid()
     # a saved configuration from before the prior keeps meaning the model without it
     assert type(m).upgrade_config({"dim": 8})["knowledge_prior"] is False
+
+
+def test_the_no_knowledge_routes_ablation_drops_match_and_prior_and_reuses_training(synthetic_data):
+    """``mkmsr-rn-no-match-prior`` switches off both inference-time routes from the knowledge graph to
+    a new item (the cold-item match and the calibrated prior) and nothing else, so the benchmark
+    finishes it from ``mkmsr-rn-1x``'s training."""
+    import dataclasses
+    import json
+
+    from mkmsr.models import MODELS, make_config
+    spec = PreparedData(synthetic_data).spec
+    off = build_model("mkmsr-rn-no-match-prior", spec, {"dim": 8, "explore_expert": "", "explore_expert2": ""})
+    assert off.config.cold_items == "attributes" and off.config.knowledge_prior is False
+    assert "prior_weight" not in off.calibration_grid()
+    full, ablated = (json.loads(json.dumps(dataclasses.asdict(make_config(n, {})), default=list))
+                     for n in ("mkmsr-rn-1x", "mkmsr-rn-no-match-prior"))
+    assert {k for k in full if full[k] != ablated[k]} == {"cold_items", "knowledge_prior"}
+    cls = MODELS["mkmsr-rn-1x"][0]
+    assert cls.training_identity(full) == cls.training_identity(ablated)

@@ -69,6 +69,9 @@ MODELS: dict[str, tuple[type[SessionModel], dict[str, Any]]] = {
     "mkmsr-rn-cold-component": (MKMSRRN, {"cold_items": "component", "id_dropout": 0.1, "explore_expert2": ""}),
     "mkmsr-rn-no-ops": (MKMSRRN, {"use_operations": False, "explore_expert2": ""}),
     "mkmsr-rn-no-match": (MKMSRRN, {"cold_items": "attributes", "explore_expert2": ""}),
+    # both of the knowledge graph's inference-time routes to a new item removed (the match and the
+    # prior): what knowledge is worth for cold first-time targets beyond CORE-KG's item vectors
+    "mkmsr-rn-no-match-prior": (MKMSRRN, {"cold_items": "attributes", "knowledge_prior": False, "explore_expert2": ""}),
     "mkmsr-rn-no-expert": (MKMSRRN, {"explore_expert": "", "explore_expert2": ""}),
     "mkmsr-rn-core-expert": (MKMSRRN, {"explore_expert": "core", "explore_expert2": ""}),
     # the second explore expert: plain CORE (the default; "-flat": its weight one more axis of the
