@@ -149,7 +149,8 @@ def tuning_of(work: Path, label: str, model: str) -> str:
     rec = work / "optuna" / label / bm.TUNE_AS.get(model, model) / "budget.json"
     if rec.exists():
         b = read_json(rec)["budget"]
-        return f"optuna {b['trials']} trials" + (f" / {b['minutes']:g} min" if b.get("minutes") else "")
+        unit = " CPU min" if b.get("clock") == "cpu" else " min"
+        return f"optuna {b['trials']} trials" + (f" / {b['minutes']:g}{unit}" if b.get("minutes") else "")
     base = bm.TUNE_AS.get(model, model)
     calibrated = hasattr(bm.MODELS[model][0], "calibration_grid")
     # only an mkmsr-rn variant with the neighbourhood (neighbours=True) takes STAN's options
@@ -333,6 +334,9 @@ def main(argv=None) -> int:
                    "on validation before its seeds (the same budget for every model; use a fresh --work: runs "
                    "with other options are retrained)")
     p.add_argument("--tune-minutes", type=float, help="and at most M minutes of search per model")
+    p.add_argument("--tune-clock", choices=("wall", "cpu"), default="wall",
+                   help="what --tune-minutes measures: wall time, or CPU time (the same search however many "
+                   "processes share the cores)")
     a = p.parse_args(argv)
     if a.blind:
         os.environ[BLIND_TEST_ENV] = "1"
@@ -349,7 +353,8 @@ def main(argv=None) -> int:
     abl = [m for m in a.ablations.split(",") if m]
     if not a.report_only:
         sets = {k: v for k, v in allsets.items() if k in want}
-        optuna = {"trials": a.tune_trials, "minutes": a.tune_minutes} if a.tune_trials else None
+        optuna = ({"trials": a.tune_trials, "minutes": a.tune_minutes,
+                   **({"clock": a.tune_clock} if a.tune_clock != "wall" else {})} if a.tune_trials else None)
         if models:   # (run_benchmark reads an empty list as every registered model)
             bm.run_benchmark(work, sets, models, 1, train, on_progress=say, optuna=optuna)   # every row once first
             bm.run_benchmark(work, sets, models, a.seeds, train, on_progress=say, optuna=optuna)

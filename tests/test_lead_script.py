@@ -28,6 +28,8 @@ def test_tuning_labels_name_what_was_chosen_on_validation(tmp_path):
     rec.parent.mkdir(parents=True)
     rec.write_text(json.dumps({"budget": {"trials": 6, "minutes": 4}}))
     assert mod.tuning_of(tmp_path, "Demo", "core") == "optuna 6 trials / 4 min"
+    rec.write_text(json.dumps({"budget": {"trials": 6, "minutes": 4, "clock": "cpu"}}))
+    assert mod.tuning_of(tmp_path, "Demo", "core") == "optuna 6 trials / 4 CPU min"
 
 
 def test_pooled_blocks_put_each_seeds_samples_side_by_side(tmp_path, monkeypatch):

@@ -191,6 +191,54 @@ def test_minutes_budget_stops_between_and_inside_trials(planted_data, tmp_path):
     assert time.perf_counter() - t0 < 60
 
 
+def test_cpu_clock_budget_counts_this_process_cpu_time_not_waiting(planted_data, tmp_path, monkeypatch):
+    from mkmsr.training import tune as tune_mod
+
+    # a fake CPU clock that advances one minute at every reading: a 2.5-minute budget allows the
+    # start, two checks between trials and no more, whatever the wall clock says
+    ticks = iter(range(10_000))
+    monkeypatch.setitem(tune_mod.CLOCKS, "cpu", lambda: 60.0 * next(ticks))
+    res = tune(planted_data, "v-sknn", tmp_path / "fake", trials=50, minutes=2.5, clock="cpu")
+    assert res["stopped"] == "minutes" and res["clock"] == "cpu"
+    assert res["trials"]["complete"] == 2
+    monkeypatch.undo()
+
+    # the real CPU clock: time spent waiting (here a slow consumer of the progress lines, 2.5 s
+    # per trial) uses none of a 2 CPU-second budget, which the wall clock spends in one trial
+    def slow(line: str) -> None:
+        time.sleep(2.5)
+
+    # (the three trials take ~0.6 CPU seconds here, study set-up included)
+    res = tune(planted_data, "v-sknn", tmp_path / "cpu", trials=3, minutes=2.0 / 60, on_progress=slow, clock="cpu")
+    assert res["stopped"] == "trials" and res["trials"]["complete"] == 3
+    res = tune(planted_data, "v-sknn", tmp_path / "wall", trials=3, minutes=2.0 / 60, on_progress=slow)
+    assert res["stopped"] == "minutes" and res["trials"]["complete"] == 1 and res["clock"] == "wall"
+
+
+def test_cpu_clock_is_refused_where_it_cannot_measure(planted_data, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="clock must be one of wall, cpu"):
+        tune(planted_data, "s-pop", tmp_path / "a", trials=1, clock="gpu")
+    with pytest.raises(ConfigError, match="does not see the work a GPU does"):
+        tune(planted_data, "stamp", tmp_path / "b", trials=1, minutes=1.0, clock="cpu",
+             train_overrides={"device": "cuda"})
+    assert cli.main(["tune", "--model", "s-pop", "--data", str(planted_data), "--out", str(tmp_path / "c"),
+                     "--clock", "cpu"]) == 2
+    assert "--clock needs --minutes" in capsys.readouterr().err
+
+
+def test_benchmark_records_a_cpu_budget_and_keeps_wall_records_as_they_were(planted_data, tmp_path):
+    from mkmsr.training import benchmark as bm
+
+    data = PreparedData(planted_data)
+    bm.tune_with_optuna(tmp_path / "cpu", "planted", data, "s-pop", {"trials": 1, "minutes": 1.0, "clock": "cpu"})
+    rec = json.loads((tmp_path / "cpu" / "optuna" / "planted" / "s-pop" / "budget.json").read_text())
+    assert rec["budget"]["clock"] == "cpu" and rec["summary"]["clock"] == "cpu"
+    bm.tune_with_optuna(tmp_path / "wall", "planted", data, "s-pop", {"trials": 1, "minutes": 1.0})
+    rec = json.loads((tmp_path / "wall" / "optuna" / "planted" / "s-pop" / "budget.json").read_text())
+    # the record a wall budget wrote before the clock was an option: reruns still reuse it
+    assert "clock" not in rec["budget"] and rec["summary"]["clock"] == "wall"
+
+
 def test_a_second_process_on_the_same_study_is_refused(planted_data, tmp_path):
     out = tmp_path / "s"
     out.mkdir()

@@ -367,7 +367,8 @@ def tune_with_optuna(out: Path, label: str, data: PreparedData, model: str, budg
                      lock: str | Path | None = None, on_progress: Callable[[str], None] | None = None) -> dict:
     """The same search budget for every model: ``mkmsr tune`` (:func:`mkmsr.tune.tune`: TPE,
     median pruning on validation, the model's default as trial 0) with ``budget`` =
-    ``{"trials": N, "minutes": M}`` (M None = no clock), on validation only.
+    ``{"trials": N, "minutes": M}`` (M None = no clock; with ``"clock": "cpu"`` M is CPU
+    minutes, the same search whatever else the machine runs), on validation only.
 
     The study lives in ``OUT/optuna/<label>/<model>/`` and resumes when interrupted; once a
     search has finished (trials reached, space exhausted or minutes spent) its outcome is
@@ -378,7 +379,10 @@ def tune_with_optuna(out: Path, label: str, data: PreparedData, model: str, budg
     from .tune import tune as optuna_tune
 
     folder = out / "optuna" / label / model
+    clock = budget.get("clock") or "wall"
     want = {"trials": int(budget["trials"]), "minutes": budget.get("minutes"),
+            # a wall budget keeps the record it had before the clock was an option
+            **({"clock": clock} if clock != "wall" else {}),
             "model_overrides": json.loads(json.dumps(model_overrides or {})), "dataset_sha256": data.content_hash,
             "train_overrides": {k: v for k, v in (train_overrides or {}).items() if k not in ("threads", "device")}}
     record = folder / "budget.json"
@@ -389,7 +393,7 @@ def tune_with_optuna(out: Path, label: str, data: PreparedData, model: str, budg
     with cpu_lock(lock):
         summary = optuna_tune(data, model, folder, trials=want["trials"], minutes=want["minutes"], seed=0,
                               train_overrides=train_overrides, model_overrides=model_overrides,
-                              on_progress=on_progress)
+                              on_progress=on_progress, clock=clock)
     b = summary["best"]
     best = {"model": {**(model_overrides or {}), **(b["model_options"] if b else {})},
             "train": dict(b["train_options"]) if b else {}}
@@ -431,7 +435,7 @@ def run_benchmark(out: str | Path, datasets: dict[str, str | Path], models: Sequ
     are deterministic: they run once (seed 0), after tuning on validation when ``tune``.
     Tuning: by default the count-based models' validation grids (``TUNING_GRIDS``, coordinate
     ascent) and the neural models at their papers' settings; with ``optuna`` =
-    ``{"trials": N, "minutes": M}`` every model, neural and count-based, is searched by
+    ``{"trials": N, "minutes": M[, "clock": "cpu"]}`` every model, neural and count-based, is searched by
     :func:`tune_with_optuna` with that same budget (a model with a STAN inside takes STAN's
     searched options as its ``nb_*`` ones and searches its own on top).
     Returns the results dict (also in ``OUT/results.json``). ``tensorboard_dir``: each run
