@@ -17,3 +17,5 @@ fi
   || echo "setup.sh: the 'ann' extra (hnswlib, faiss-cpu) did not install: tests/test_ann.py will skip" >&2
 # tune: the test suite runs real Optuna studies (mkmsr tune)
 .venv/bin/python -m pip install -q -e ".[tune]"
+# study: scikit-learn for the repeat-decision studies (tests/test_repeat_oracle.py fits their models)
+.venv/bin/python -m pip install -q -e ".[study]"
