@@ -117,3 +117,35 @@ def test_repeat_order_ranks_a_session_own_items(work, tmp_path):
     assert set(res["test"]) == {"recency", "count", "logistic", "boosted"}
     assert all(0 < v <= 100 for v in res["valid"].values())
     assert "s-pop" in res
+
+
+def test_repeat_time_reads_raw_jd_logs(tmp_path):
+    pytest.importorskip("sklearn", reason="the 'study' extra (scikit-learn) is not installed")
+    mod = load("repeat_time")
+    rng = np.random.default_rng(0)
+    rows = ["action_time,user_id,sku_id,type,sessionId,index"]
+    for s in range(60):       # sessions of 2-6 actions over 8 items, 5-120 s apart
+        t = 1519862400.0 + 1000 * s
+        for _ in range(int(rng.integers(2, 7))):
+            t += float(rng.integers(5, 120))
+            rows.append(f"x,{s},{int(rng.integers(1, 9))},{int(rng.integers(1, 5))},{s},{t}")
+    # one hand-made session, written out of time order: A@0, B@30, A@40 -> samples A->B (new), A,B->A (repeat)
+    rows += ["x,99,5001,1,999,1519990040.0", "x,99,5001,1,999,1519990000.0", "x,99,5002,2,999,1519990030.0"]
+    for name in ("train.csv", "test.csv", "test_new_item.csv"):
+        (tmp_path / name).write_text("\n".join(rows) + "\n")
+    X, y = mod.samples(tmp_path / "train.csv")
+    lengths = {}
+    for r in rows[1:]:
+        sid = r.split(",")[4]
+        lengths[sid] = lengths.get(sid, 0) + 1
+    assert len(y) == sum(n - 1 for n in lengths.values())
+    mine = X[-2:]                                             # the hand-made session sorts last
+    assert y[-2:].tolist() == [False, True]
+    assert mine[:, 0].tolist() == [1, 2]                      # prefix lengths
+    assert mine[1, mod.N_ORDER] == pytest.approx(np.log1p(30.0))         # the last gap before the prediction
+    assert mine[1, mod.N_ORDER + 2] == pytest.approx(np.log1p(30.0))     # the session's duration so far
+    out = tmp_path / "time.json"
+    assert mod.main(["--source", str(tmp_path), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["datasets"]
+    assert set(res) == {"Demo", "Demo(N)"} and set(res["Demo"]["auc"]) == {"order", "order + time"}
+    assert all(0.0 <= v <= 1.0 for d in res["Demo"]["auc"].values() for v in d.values())
