@@ -13,7 +13,7 @@ import torch
 
 from . import __version__
 from .data.dataset import DatasetSpec, PreparedData
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .fsutil import atomic_dir, read_json, write_json
 from .models import MODELS, build_model
 from .models.base import SessionModel
@@ -53,8 +53,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
                     file=str(path))
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[SessionModel, dict]:
-    """Rebuild the model from ``model.json`` and load ``model.pt`` with ``weights_only=True``."""
+def inference_options(model_name: str) -> list[str]:
+    """The options of ``model_name`` that may change after training (field metadata
+    ``inference_only`` or ``execution_only``): :func:`load_checkpoint`'s ``overrides``."""
+    cls, _ = MODELS[model_name]
+    return sorted(f.name for f in dataclasses.fields(cls.Config)
+                  if f.metadata.get("inference_only") or f.metadata.get("execution_only"))
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu",
+                    overrides: dict[str, Any] | None = None) -> tuple[SessionModel, dict]:
+    """Rebuild the model from ``model.json`` and load ``model.pt`` with ``weights_only=True``.
+
+    ``overrides``: model options to change at load, only those that do not touch the trained
+    weights (:func:`inference_options`: e.g. MKM-SR-RN's repeat hurdle, ``hurdle_shift=40`` puts
+    the session's items above every new item as S-POP does); anything else is a ConfigError. They
+    replace the checkpoint's values (calibrated ones included) and are listed in ``meta["overrides"]``.
+    """
     path = resolve_checkpoint(path)
     meta = read_json(path / "model.json")
     if meta.get("format") != FORMAT:
@@ -64,10 +79,34 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise DataError(f"checkpoint model {name!r} is not known to this mkmsr version; known: {', '.join(MODELS)}",
                         file=str(path / "model.json"))
     cls, _ = MODELS[name]
-    config = cls.Config(**cls.upgrade_config(meta["config"]))
-    model = build_model(name, DatasetSpec(**meta["spec"]), config=config)
+    saved = cls.upgrade_config(meta["config"])
+    overrides = dict(overrides or {})
+    if overrides:
+        allowed = inference_options(name)
+        for key in overrides:
+            if key not in allowed:
+                what = ("is learned in training: retrain with it" if key in saved else "is not an option of this model")
+                raise ConfigError(f"{name}: {key!r} {what}; options that can change at load: "
+                                  f"{', '.join(allowed) or 'none'}")
+        saved = {**saved, **overrides}
+    try:
+        config = cls.Config(**saved)
+        model = build_model(name, DatasetSpec(**meta["spec"]), config=config)
+    except (TypeError, ValueError) as exc:
+        if not overrides:
+            raise
+        raise ConfigError(f"{name}: the options {overrides} are not valid for this checkpoint: {exc}") from None
     state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        if not overrides:
+            raise
+        raise ConfigError(f"{name}: the options {overrides} change the model's structure, so the trained weights "
+                          f"do not fit it ({str(exc).splitlines()[0]})") from None
     model.to(device).eval()
     meta["path"] = str(path)
+    if overrides:
+        meta["overrides"] = overrides
+        meta["config"] = dataclasses.asdict(model.config)
     return model, meta

@@ -197,7 +197,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .training.evaluate_run import evaluate_checkpoint
 
-    report, out = evaluate_checkpoint(a.run, a.data, a.split, a.batch_size, a.device, a.threads, a.json)
+    report, out = evaluate_checkpoint(a.run, a.data, a.split, a.batch_size, a.device, a.threads, a.json,
+                                      overrides=_kv_pairs(a.model_opt, "--model-opt"))
     res = report["results"]
     rows = [{"what": s, **r} for s, r in res.items()] + \
            [{"what": f"{s} (cold targets)", **{k[5:]: v for k, v in r.items() if k.startswith("cold_")}}
@@ -219,7 +220,8 @@ def cmd_recommend(a: argparse.Namespace) -> int:
 
     device = ("cuda" if _torch_cuda() else "cpu") if a.device == "auto" else a.device
     rec = Recommender.load(a.run, device, index=IndexConfig(kind=a.index, threshold=a.index_threshold,
-                                                            ef_search=a.index_ef, **_index_cache(a)))
+                                                            ef_search=a.index_ef, **_index_cache(a)),
+                          overrides=_kv_pairs(a.model_opt, "--model-opt"))
     if a.session:
         try:
             requests = [SessionRequest("1", parse_session(a.session))]
@@ -242,6 +244,13 @@ def _torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _inference_opt_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model-opt", action="append", metavar="KEY=VALUE",
+                   help="change an inference-time option of the model at load, e.g. hurdle_shift=40 (MKM-SR-RN: "
+                        "every session item above every new item, S-POP's placement); only options that leave "
+                        "the trained weights as they are (repeatable)")
 
 
 def _serving_flags(s: argparse.ArgumentParser, d) -> None:
@@ -281,7 +290,8 @@ def _serve_config(a: argparse.Namespace):
                        max_body_bytes=a.max_body_bytes, max_inference_batch=a.max_inference_batch,
                        batch_window_ms=a.batch_window_ms, max_queue=a.max_queue, threads=a.threads,
                        admin_token=a.admin_token, scan=a.scan, index=a.index, index_threshold=a.index_threshold,
-                       index_ef=a.index_ef, index_cache=cache["cache"], index_cache_dir=cache["cache_dir"])
+                       index_ef=a.index_ef, index_cache=cache["cache"], index_cache_dir=cache["cache_dir"],
+                       model_options=_kv_pairs(a.model_opt, "--model-opt"))
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -543,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="prepared dataset directory")
     s.add_argument("--split", nargs="+", default=["test"], choices=["train", "valid", "test"])
     s.add_argument("--batch-size", type=int, default=512)
+    _inference_opt_flag(s)
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--json", help="write results here (default RUN/evaluation.json)")
@@ -565,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .serving.serve import ServeConfig as _SC  # light: the server's own imports happen in serve()
     d = _SC()
     _serving_flags(s, d)
+    _inference_opt_flag(s)
     s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("serve", help="serve recommendations over HTTP (needs the 'serve' extra)")
@@ -589,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how one session is ranked over the catalogue: one float32 product (default) or a bfloat16 "
                         "scan + exact float32 rescoring (same ranking, lower median, higher p99)")
     _serving_flags(s, d)
+    _inference_opt_flag(s)
     s.add_argument("--access-log", nargs="?", const="text", choices=["text", "json"],
                    help="log every request (off by default: it costs throughput): 'text' (the default when the flag "
                         "has no value) is uvicorn's line; 'json' writes one JSON object per request to stdout "

@@ -232,16 +232,19 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", max_len: int | None = None,
-             scan: str | None = None, index: str | IndexConfig | None = None) -> "Recommender":
+             scan: str | None = None, index: str | IndexConfig | None = None,
+             overrides: dict | None = None) -> "Recommender":
         """Load a checkpoint directory (or a run directory: its ``best/`` checkpoint).
 
         ``max_len`` (default: the training run's ``max_len``) keeps only the latest events of
         a session, as in training. ``index``: see the class docstring (default ``auto``).
         Raises DataError / RuntimeError on a broken checkpoint, IndexUnavailable when an
         explicitly requested index cannot serve this model or its library is missing.
+        ``overrides``: inference-time model options changed at load (e.g. MKM-SR-RN's
+        ``hurdle_shift``; :func:`mkmsr.checkpoint.load_checkpoint`), shown by :meth:`describe`.
         """
         path = resolve_checkpoint(path)
-        model, meta = load_checkpoint(path, device)
+        model, meta = load_checkpoint(path, device, overrides)
         for name in ("items.parquet", "operations.parquet"):
             if not (path / name).exists():
                 raise DataError(f"checkpoint lacks its id map {name}", file=str(path))
@@ -280,6 +283,7 @@ class Recommender:
                 run_metrics = None
         return _finite({
             "model": self.model_name, "checkpoint": str(path), "config": self.meta.get("config"),
+            "overrides": self.meta.get("overrides") or {},
             "spec": self.meta.get("spec"), "mkmsr_version": self.meta.get("mkmsr_version"),
             "catalogue": {"items": self.n_items, "cold_items": int((self.train_count[1:] == 0).sum()),
                           "operations": sorted(self.op_index, key=self.op_index.get)},

@@ -52,7 +52,7 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,7 @@ class ServeConfig:
     index_ef: int = IndexConfig.ef_search         # HNSW search list (recall vs latency)
     index_cache: bool = True                      # reuse a saved index of the same vectors and settings
     index_cache_dir: str | None = None            # where (None: CHECKPOINT/index-cache)
+    model_options: dict = field(default_factory=dict)  # inference-time model options changed at every load
 
     def index_config(self) -> IndexConfig:
         """The Recommender's index settings; the build uses the scoring threads (0 = every core)."""
@@ -134,15 +135,16 @@ class ModelHolder:
     """Holds the served :class:`Served`; ``reload`` swaps it atomically or not at all."""
 
     def __init__(self, path: str | Path, device: str = "cpu", scan: str | None = None,
-                 index: "str | IndexConfig | None" = None):
-        self.device, self.scan, self.index = device, scan, index
+                 index: "str | IndexConfig | None" = None, overrides: dict | None = None):
+        self.device, self.scan, self.index, self.overrides = device, scan, index, dict(overrides or {})
         self._lock = threading.Lock()  # one reload at a time
         self._current = self._load(path, 1)
 
     def _load(self, path: str | Path, generation: int) -> Served:
         from .recommend import Recommender
 
-        rec = Recommender.load(path, self.device, scan=self.scan, index=self.index)  # builds its index, if any
+        rec = Recommender.load(path, self.device, scan=self.scan, index=self.index,  # builds its index, if any
+                               overrides=self.overrides)
         rec.self_check()
         ck = str(Path(rec.meta["path"]).resolve())
         return Served(rec, generation, ck, time.time(), rec.describe())
@@ -589,7 +591,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, config: 
     torch.set_num_threads(cfg.threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    holder = ModelHolder(model, device, scan=cfg.scan, index=cfg.index_config())
+    holder = ModelHolder(model, device, scan=cfg.scan, index=cfg.index_config(), overrides=cfg.model_options)
     s = holder.current
     log.info("loaded %s from %s (%d items, index %s); listening on http://%s:%d", s.rec.model_name, s.path,
              s.rec.n_items, s.rec.index_info["kind"], host, port)

@@ -13,18 +13,21 @@ from .train import resolve_device
 
 
 def evaluate_checkpoint(run: str | Path, data: str | Path, splits: Sequence[str] = ("test",), batch_size: int = 512,
-                        device: str = "auto", threads: int = 0, out: str | Path | None = None) -> tuple[dict, Path]:
+                        device: str = "auto", threads: int = 0, out: str | Path | None = None,
+                        overrides: dict | None = None) -> tuple[dict, Path]:
     """Evaluate the checkpoint in ``run`` on each of ``splits`` of the prepared dataset ``data``.
 
     The dataset must be the one the checkpoint was trained on, or one with the same id maps (a
     :class:`DataError` otherwise). Writes ``{"checkpoint", "dataset", "results"}`` to ``out``
     (default: ``evaluation.json`` beside the checkpoint directory) and returns it with its path;
     ``results`` maps each split to its metrics (``cold_*``: the cold-target samples).
+    ``overrides``: inference-time model options changed at load (:func:`mkmsr.checkpoint.load_checkpoint`),
+    recorded in the report.
     """
     import torch
 
     dev = resolve_device(device)
-    model, meta = load_checkpoint(run, dev)
+    model, meta = load_checkpoint(run, dev, overrides)
     prepared = PreparedData(data)
     if prepared.spec.to_dict() != meta["spec"] or meta["dataset"]["content_sha256"] != prepared.content_hash:
         # a different artifact is fine only when its id maps match the checkpoint's
@@ -39,6 +42,7 @@ def evaluate_checkpoint(run: str | Path, data: str | Path, splits: Sequence[str]
     max_len = (meta.get("train_config") or {}).get("max_len")
     res = {s: evaluate(model, prepared, s, batch_size, max_len, dev) for s in splits}
     path = Path(out) if out else Path(meta["path"]).parent / "evaluation.json"
-    report = {"checkpoint": meta["path"], "dataset": str(prepared.path), "results": res}
+    report = {"checkpoint": meta["path"], "dataset": str(prepared.path),
+              **({"overrides": meta["overrides"]} if meta.get("overrides") else {}), "results": res}
     write_json(path, report)
     return report, path
