@@ -208,6 +208,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .fsutil import write_json
+    from .training.compare import compare_runs, compare_table
+
+    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    res = compare_runs(a.a, a.b, metrics, n_boot=a.boot)
+    print(compare_table(res))
+    if a.json:
+        write_json(Path(a.json), res)  # (written to a temporary file, renamed when complete)
+        print(f"\nwritten {a.json}")
+    return 0
+
+
 def cmd_recommend(a: argparse.Namespace) -> int:
     from .fsutil import atomic_write_lines
     from .serving.recommend import Recommender, SessionRequest, parse_session, read_sessions, recommend_requests
@@ -558,6 +571,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--json", help="write results here (default RUN/evaluation.json)")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="paired comparison of two groups of finished runs on the same test "
+                       "samples (difference, standard error over samples and seeds, verdict)")
+    s.add_argument("--a", nargs="+", required=True, metavar="RUN", help="run directories of side A (e.g. its seeds)")
+    s.add_argument("--b", nargs="+", required=True, metavar="RUN", help="run directories of side B")
+    s.add_argument("--metrics", default="hit@20,mrr@20", help="hit@k / mrr@k, comma-separated (default hit@20,mrr@20)")
+    s.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default 2000)")
+    s.add_argument("--json", help="also write the comparison here")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("recommend", help="top-k next items for a session, or a file of sessions (JSONL out)")
     s.add_argument("--run", "--model", dest="run", required=True, help="run directory or checkpoint directory")
