@@ -76,6 +76,11 @@ def test_cli_model_opt_on_evaluate_recommend_and_serve(rn_run, synthetic_data, t
     assert cli.main(["-q", "evaluate", "--run", str(rn_run), "--data", str(synthetic_data), "--json", str(out),
                      "--model-opt", "hurdle_shift=40"]) == 0
     assert json.loads(out.read_text())["overrides"] == {"hurdle_shift": 40}
+    # without --json the report goes beside the checkpoint, named by its options: the plain one stays
+    assert cli.main(["-q", "evaluate", "--run", str(rn_run), "--data", str(synthetic_data),
+                     "--model-opt", "hurdle_shift=40"]) == 0
+    assert json.loads((rn_run / "evaluation-hurdle_shift=40.json").read_text())["overrides"] == {"hurdle_shift": 40}
+    assert not (rn_run / "evaluation.json").exists()
     assert cli.main(["-q", "recommend", "--run", str(rn_run), "--session", "x:y", "--model-opt", "dim=8"]) == 2
     assert "'dim' is learned in training" in capsys.readouterr().err
     args = cli.build_parser().parse_args(["serve", "--model", str(rn_run), "--model-opt", "hurdle_shift=40",

@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_opt_flag(s)
     s.add_argument("--device", default="auto")
     s.add_argument("--threads", type=int, default=0)
-    s.add_argument("--json", help="write results here (default RUN/evaluation.json)")
+    s.add_argument("--json", help="write results here (default RUN/evaluation.json; with --model-opt "
+                   "RUN/evaluation-KEY=VALUE….json)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("compare", help="paired comparison of two groups of finished runs on the same test "

@@ -1,6 +1,7 @@
 """``mkmsr evaluate``: a checkpoint (or run directory) on a prepared dataset, full ranking, to JSON."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,7 @@ def evaluate_checkpoint(run: str | Path, data: str | Path, splits: Sequence[str]
     (default: ``evaluation.json`` beside the checkpoint directory) and returns it with its path;
     ``results`` maps each split to its metrics (``cold_*``: the cold-target samples).
     ``overrides``: inference-time model options changed at load (:func:`mkmsr.checkpoint.load_checkpoint`),
-    recorded in the report.
+    recorded in the report and, by default, in the file name (``evaluation-hurdle_shift=40.json``).
     """
     import torch
 
@@ -41,7 +42,11 @@ def evaluate_checkpoint(run: str | Path, data: str | Path, splits: Sequence[str]
         torch.set_num_threads(threads)
     max_len = (meta.get("train_config") or {}).get("max_len")
     res = {s: evaluate(model, prepared, s, batch_size, max_len, dev) for s in splits}
-    path = Path(out) if out else Path(meta["path"]).parent / "evaluation.json"
+    if out:
+        path = Path(out)
+    else:  # beside the checkpoint; an evaluation with changed options never replaces the plain one
+        tag = "".join(f"-{k}={v}" for k, v in sorted((meta.get("overrides") or {}).items()))
+        path = Path(meta["path"]).parent / f"evaluation{re.sub(r'[^A-Za-z0-9_.=-]', '_', tag)}.json"
     report = {"checkpoint": meta["path"], "dataset": str(prepared.path),
               **({"overrides": meta["overrides"]} if meta.get("overrides") else {}), "results": res}
     write_json(path, report)
